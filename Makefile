@@ -1,0 +1,46 @@
+# `make init` once, then `make demo` (offline) or `make run` (CIFAR-10). `make help` lists targets.
+PYTHON ?= python3
+VENV   ?= venv
+PY      = $(VENV)/bin/python
+ARGS   ?=
+
+.PHONY: help init run demo test quality style clean
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z%_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+init: $(PY)  ## create venv/ and install the pinned dependencies + this package (editable)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+
+run:  ## train the default demo (CIFAR-10 ResNet); extra CLI flags via ARGS="..."
+	$(PY) -m project $(ARGS)
+
+demo:  ## train a small ConvNet on scikit-learn's digits: offline, about a minute on 2 cores
+	$(PY) -m project fit --config configs/digits.yaml $(ARGS)
+
+test:  ## run the whole test suite
+	$(PY) -m pytest $(ARGS)
+
+test-%:  ## run tests matching a pattern: make test-structs
+	$(PY) -m pytest -k "$*" $(ARGS)
+
+test-pdb-%:  ## same, dropping into pdb on failure
+	$(PY) -m pytest --pdb -k "$*" $(ARGS)
+
+quality:  ## lint, format check, type check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+style:  ## format and auto-fix what ruff can
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:  ## remove caches and build files (keeps venv/, data/ and runs/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -not -path './venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,168 @@
+"""The command line: LightningCLI with run directories, linked model/data sizes and a few extras.
+
+    python -m project                                   # = fit --config configs/cifar10.yaml
+    python -m project fit --config configs/digits.yaml  # offline demo
+    python -m project fit --config configs/digits.yaml --config configs/debug/fast_dev_run.yaml
+    python -m project fit --config configs/digits.yaml --model.lr 0.01 --trainer.max_epochs 5
+    python -m project fit --config configs/digits.yaml --print_config
+    python -m project test --config configs/digits.yaml --ckpt_path runs/<run>/checkpoints/last.ckpt
+    python -m project predict --config configs/digits.yaml --ckpt_path runs/<run>/checkpoints/last.ckpt
+
+`configs/defaults.yaml` is read first by every subcommand (loggers, checkpoints, seed), then each
+`--config` in order, then the dotted overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from project.data import ClassificationDataModule
+from project.errors import UserError
+from project.model import BaseModel
+from project.run_dir import RUN_DIR_ENV, resolve_run_dir, timestamped_name
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_ARGS = ["fit", "--config", str(CONFIG_DIR / "cifar10.yaml")]
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+DEFAULT_RUNS_ROOT = "runs"
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the resolved config in the run directory without ever overwriting one already there
+    (a resumed run writes config.fit.2.yaml beside the original), and logs it to every logger."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if (log_dir / self.config_filename).exists():
+            n = 2
+            while (log_dir / f"config.{stage}.{n}.yaml").exists():
+                n += 1
+            self.config_filename = f"config.{stage}.{n}.yaml"
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": self.config.as_dict()})
+
+
+class ProjectCLI(LightningCLI):
+    run_dir: Path
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Folder under runs/ (default: timestamp-model). With --ckpt_path last: the run to resume.",
+        )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, test the best checkpoint when the dataset has a test split.",
+        )
+        # The model's sizes come from the data, so the two cannot disagree (setting them is an error).
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.image_shape", "model.init_args.in_shape", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        model_name = str(config.model.class_path).rsplit(".", 1)[-1].lower()
+        stage = [] if self.subcommand in (None, "fit") else [str(self.subcommand)]
+        default_name = timestamped_name(model_name, *stage)
+        root = Path(config.trainer.default_root_dir or DEFAULT_RUNS_ROOT)
+        self.run_dir, _ = resolve_run_dir(
+            root, config.run_name, default_name, resume=config.get("ckpt_path") == "last"
+        )
+        os.environ[RUN_DIR_ENV] = str(self.run_dir)
+        config.trainer.default_root_dir = str(self.run_dir)
+        # Relative output paths of loggers and callbacks are read as relative to the run directory.
+        for spec in _specs(config.trainer.logger) + _specs(config.trainer.callbacks):
+            for key in ("save_dir", "dirpath"):
+                value = spec.init_args.get(key) if spec.get("init_args") is not None else None
+                if value is not None and not Path(value).is_absolute():
+                    spec.init_args[key] = str(self.run_dir / value)
+            if spec.class_path.endswith("WandbLogger") and spec.init_args.get("name") is None:
+                spec.init_args["name"] = self.run_dir.name
+
+    def after_fit(self) -> None:
+        metrics = self._metrics()
+        checkpoint = self.trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "") or None
+        if best:
+            metrics["best_checkpoint"] = best
+            score = getattr(checkpoint, "best_model_score", None)
+            metrics["best_score"] = None if score is None else float(score)
+        if self.config.fit.test_after_fit and getattr(self.datamodule, "has_test_split", False):
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+            metrics |= self._metrics()
+        self._write_metrics(metrics)
+
+    def after_validate(self) -> None:
+        self._write_metrics(self._metrics())
+
+    def after_test(self) -> None:
+        self._write_metrics(self._metrics())
+
+    def _metrics(self) -> dict[str, Any]:
+        logged = self.trainer.callback_metrics
+        # A value logged on step and epoch appears as `x`, `x_step` and `x_epoch`; `x` is the epoch value.
+        metrics: dict[str, Any] = {
+            k: float(v)
+            for k, v in logged.items()
+            if not (k.endswith(("_step", "_epoch")) and k.rsplit("_", 1)[0] in logged)
+        }
+        return {"epoch": self.trainer.current_epoch, "global_step": self.trainer.global_step} | metrics
+
+    def _write_metrics(self, metrics: dict[str, Any]) -> None:
+        if self.trainer.is_global_zero:
+            path = self.run_dir / "metrics.json"
+            previous = json.loads(path.read_text()) if path.is_file() else {}
+            path.write_text(json.dumps(previous | metrics, indent=2, sort_keys=True) + "\n")
+
+
+def _specs(value: Any) -> list[Any]:
+    """The class_path/init_args entries of a logger or callbacks config value (which may be a bool)."""
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if hasattr(item, "class_path")]
+
+
+def main(args: list[str] | None = None) -> ProjectCLI | None:
+    """Entry point of `python -m project`; returns the CLI object (for tests) or exits with status 2
+    and one clear message on a `UserError`."""
+    args = sys.argv[1:] if args is None else args
+    # W&B needs no account or server by default; WANDB_MODE=online uploads as the run goes.
+    os.environ.setdefault("WANDB_MODE", "offline")
+    inherited_run_dir = RUN_DIR_ENV in os.environ
+    cli: ProjectCLI | None = None
+    try:
+        cli = ProjectCLI(
+            BaseModel,
+            ClassificationDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=RunConfigSaver,
+            auto_configure_optimizers=False,
+            parser_kwargs={
+                cmd: {"default_config_files": [str(CONFIG_DIR / "defaults.yaml")]} for cmd in SUBCOMMANDS
+            },
+            args=args or DEFAULT_ARGS,
+        )
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        if not inherited_run_dir:
+            run_dir = os.environ.pop(RUN_DIR_ENV, None)
+            # A run that failed before writing anything leaves no empty folder behind.
+            if run_dir and Path(run_dir).is_dir() and not any(Path(run_dir).iterdir()):
+                Path(run_dir).rmdir()
+    if cli.trainer.is_global_zero:
+        print(f"Run directory: {cli.run_dir}")
+    return cli

@@ -1,0 +1,33 @@
+"""The classification metrics every stage logs: top-1 accuracy and macro F1.
+
+`ClassificationMetrics` is a torchmetrics `MetricCollection`, so it syncs across DDP ranks and
+resets each epoch when logged as an object::
+
+    metrics = ClassificationMetrics(num_classes=10, prefix="val/")
+    metrics.update_from(example, prediction)
+    self.log_dict(metrics)      # in a LightningModule: {"val/acc": ..., "val/f1": ...}
+
+To add a metric, add it to the dict below (any torchmetrics metric fed by logits and labels), or
+write another MetricCollection with its own `update_from` for metrics that read other fields.
+"""
+
+from __future__ import annotations
+
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from project.structs import Example, Prediction
+
+
+class ClassificationMetrics(MetricCollection):
+    def __init__(self, num_classes: int, prefix: str = "") -> None:
+        super().__init__(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            },
+            prefix=prefix,
+        )
+
+    def update_from(self, example: Example, prediction: Prediction) -> None:
+        self.update(prediction.logits, example.require_label())

@@ -1,0 +1,11 @@
+"""Models: `BaseModel` holds the loop; each variant adds its layers and `forward`.
+
+Add a model: a new file here with a `BaseModel` subclass, exported below, then name it in a config
+(`model.class_path: project.model.MyNet`).
+"""
+
+from project.model.base import BaseModel
+from project.model.convnet import ConvNet
+from project.model.resnet import CifarResNet
+
+__all__ = ["BaseModel", "CifarResNet", "ConvNet"]

@@ -1,0 +1,175 @@
+"""`BaseModel`: the training/evaluation loop written once, in terms of the structs.
+
+A variant subclasses it and overrides what differs, usually only `__init__` (its layers) and
+`forward`::
+
+    class MyNet(BaseModel[Example, Prediction]):
+        def __init__(self, num_classes: int, in_shape: tuple[int, int, int], width: int = 64, **kwargs):
+            super().__init__(num_classes, in_shape, **kwargs)
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), width), ...)
+
+        def forward(self, example: Example) -> Prediction:
+            return Prediction(logits=self.net(example.image))
+
+Override `compute_loss` for another objective (it returns a `Loss` of named, weighted terms; each
+term is logged) and `create_metrics` for other metrics. `num_classes` and `in_shape` are filled in
+from the DataModule by the CLI, so model and data cannot disagree.
+
+Every constructor argument must be a plain value (number, string, tuple): `save_hyperparameters`
+stores them in the checkpoint, which `load_from_checkpoint` reads back with torch's safe
+`weights_only` loader and no extra arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Generic, Literal, TypeVar
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from project.metrics import ClassificationMetrics
+from project.structs import Example, Loss, Prediction
+
+Stage = Literal["train", "val", "test"]
+E = TypeVar("E", bound=Example)
+P = TypeVar("P", bound=Prediction)
+
+
+class BaseModel(pl.LightningModule, Generic[E, P]):
+    """Generic over its input `E` and output `P` types, so mypy checks a variant's field use."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_shape: tuple[int, int, int],
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 5e-4,
+        momentum: float = 0.9,
+        scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        """
+        Args:
+            num_classes: number of classes (linked from the DataModule).
+            in_shape: input (channels, height, width) (linked from the DataModule).
+            optimizer: "adamw" or "sgd" (SGD uses `momentum` with Nesterov).
+            lr: learning rate; the peak rate for "onecycle", the start rate for "cosine".
+            weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+            momentum: SGD momentum; ignored by AdamW.
+            scheduler: "onecycle" (warm-up then anneal), "cosine" (anneal to 0) or "none"; both
+                schedules span the whole run, counted in optimizer steps from the Trainer.
+            label_smoothing: cross-entropy label smoothing, 0 to disable.
+        """
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.save_hyperparameters()
+        self.num_classes = num_classes
+        self.in_shape = tuple(in_shape)
+        # One collection per stage: each accumulates its own epoch. Not a ModuleDict keyed by stage,
+        # because "train" would clash with nn.Module.train.
+        self.train_metrics = self.create_metrics("train/")
+        self.val_metrics = self.create_metrics("val/")
+        self.test_metrics = self.create_metrics("test/")
+
+    # ---- what a variant overrides -------------------------------------------------------------
+
+    def forward(self, example: E) -> P:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(example) -> Prediction")
+
+    def compute_loss(self, example: E, prediction: P) -> Loss:
+        ce = F.cross_entropy(
+            prediction.logits, example.require_label(), label_smoothing=self.hparams["label_smoothing"]
+        )
+        return Loss({"ce": ce})
+
+    def create_metrics(self, prefix: str) -> ClassificationMetrics:
+        return ClassificationMetrics(self.num_classes, prefix=prefix)
+
+    # ---- the loop, written once ---------------------------------------------------------------
+
+    def _metrics(self, stage: Stage) -> ClassificationMetrics:
+        return {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[stage]
+
+    def _shared_step(self, example: E, stage: Stage) -> tuple[P, Loss]:
+        prediction: P = self(example)
+        loss = self.compute_loss(example, prediction)
+        metrics = self._metrics(stage)
+        metrics.update_from(example, prediction)
+        on_step = stage == "train"
+        # sync_dist reduces the epoch means across DDP ranks once, at epoch end.
+        self.log_dict(
+            loss.log_dict(stage), on_step=on_step, on_epoch=True, batch_size=len(example), sync_dist=True
+        )
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(example))
+        return prediction, loss
+
+    def training_step(self, batch: E, batch_idx: int) -> Tensor:
+        _, loss = self._shared_step(batch, "train")
+        return loss.total
+
+    # Returning the Prediction hands it to callbacks' on_validation_batch_end/on_test_batch_end.
+    def validation_step(self, batch: E, batch_idx: int) -> P:  # type: ignore[override]
+        prediction, _ = self._shared_step(batch, "val")
+        return prediction
+
+    def test_step(self, batch: E, batch_idx: int) -> P:  # type: ignore[override]
+        prediction, _ = self._shared_step(batch, "test")
+        return prediction
+
+    def predict_step(self, batch: E, batch_idx: int, dataloader_idx: int = 0) -> P:
+        prediction: P = self(batch)
+        return prediction
+
+    # ---- optimization -------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer: torch.optim.Optimizer
+        if hp["optimizer"] == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+        elif hp["optimizer"] == "sgd":
+            optimizer = torch.optim.SGD(
+                params, lr=hp["lr"], momentum=hp["momentum"], nesterov=True, weight_decay=hp["weight_decay"]
+            )
+        else:
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {hp['optimizer']!r}")
+        if hp["scheduler"] == "none":
+            return optimizer
+        # Derived from the Trainer (max_epochs/max_steps, limit_train_batches, accumulation, devices):
+        # the schedule ends exactly when training does, whatever the config says.
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler: torch.optim.lr_scheduler.LRScheduler
+        if hp["scheduler"] == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=hp["lr"], total_steps=total_steps
+            )
+        elif hp["scheduler"] == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        else:
+            raise ValueError(f"scheduler must be 'onecycle', 'cosine' or 'none', got {hp['scheduler']!r}")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- helpers for variants -----------------------------------------------------------------
+
+    @staticmethod
+    def flat_features(module: nn.Module, in_shape: tuple[int, ...]) -> int:
+        """Number of features `module` outputs per sample for inputs of `in_shape`.
+
+        Traced with one zero input in eval mode, so BatchNorm statistics are left untouched."""
+        was_training = module.training
+        with torch.no_grad():
+            out = module.eval()(torch.zeros(1, *in_shape))
+        module.train(was_training)
+        return math.prod(out.shape[1:])
