@@ -31,6 +31,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_ARGS = ["fit", "--config", str(CONFIG_DIR / "cifar10.yaml")]
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 DEFAULT_RUNS_ROOT = "runs"
+# Model arguments filled in from DataModule attributes: {model argument: data attribute}.
+LINKED = {"num_classes": "num_classes", "in_shape": "image_shape"}
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -40,10 +42,11 @@ class RunConfigSaver(SaveConfigCallback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if (log_dir / self.config_filename).exists():
+            name = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn enum ("fit")
             n = 2
-            while (log_dir / f"config.{stage}.{n}.yaml").exists():
+            while (log_dir / f"config.{name}.{n}.yaml").exists():
                 n += 1
-            self.config_filename = f"config.{stage}.{n}.yaml"
+            self.config_filename = f"config.{name}.{n}.yaml"
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -68,8 +71,24 @@ class ProjectCLI(LightningCLI):
             help="After fit, test the best checkpoint when the dataset has a test split.",
         )
         # The model's sizes come from the data, so the two cannot disagree (setting them is an error).
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.image_shape", "model.init_args.in_shape", apply_on="instantiate")
+        for target, source in LINKED.items():
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        # Values given for linked arguments (by hand, or from a checkpoint's hyperparameters with
+        # --ckpt_path) are replaced by the data's; refuse rather than silently drop a disagreeing one.
+        init_args = self.config[self.subcommand].model.init_args
+        given = {target: init_args.get(target) for target in LINKED}
+        super().instantiate_classes()
+        for target, source in LINKED.items():
+            value, expected = given[target], getattr(self.datamodule, source)
+            if value is not None and _plain(value) != _plain(expected):
+                value, expected = _plain(value), _plain(expected)
+                raise UserError(
+                    f"model.init_args.{target}={value} disagrees with data.{source}={expected}. "
+                    f"The model's {target} is set from the data: remove it from the config, or with "
+                    f"--ckpt_path use a checkpoint trained on this dataset"
+                )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -127,6 +146,10 @@ class ProjectCLI(LightningCLI):
             path.write_text(json.dumps(previous | metrics, indent=2, sort_keys=True) + "\n")
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def _specs(value: Any) -> list[Any]:
     """The class_path/init_args entries of a logger or callbacks config value (which may be a bool)."""
     items = value if isinstance(value, list) else [value]
@@ -158,6 +181,11 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
+        # Close the W&B run this command started: Lightning's WandbLogger would otherwise reuse a
+        # still-open run in the next command of the same process (a notebook, a test session).
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()
         if not inherited_run_dir:
             run_dir = os.environ.pop(RUN_DIR_ENV, None)
             # A run that failed before writing anything leaves no empty folder behind.

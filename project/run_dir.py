@@ -4,7 +4,7 @@ runs/20261123-171502-convnet/
     config.yaml        resolved config (config.<stage>.N.yaml for later stages run in the same dir)
     split.json         the train/val split, reusable with --data.split_file
     checkpoints/       best-epochNNN.ckpt and last.ckpt
-    metrics.csv        every logged value (CSVLogger)
+    csv/version_0/     metrics.csv: every logged value (CSVLogger); a resumed run adds version_1
     metrics.json       final validation/test metrics
     predictions.csv    from `predict`
     wandb/             the offline W&B run (`wandb sync` uploads it)

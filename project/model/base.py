@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from project.errors import UserError
 from project.metrics import ClassificationMetrics
 from project.structs import Example, Loss, Prediction
 
@@ -160,6 +161,21 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         else:
             raise ValueError(f"scheduler must be 'onecycle', 'cosine' or 'none', got {hp['scheduler']!r}")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # A resumed run restores the original LR schedule, whose length was fixed at the start; a
+        # schedule stretched or cut mid-run means nothing (OneCycle even fails at its last step).
+        expected = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            planned = getattr(config.scheduler, "total_steps", None) or getattr(
+                config.scheduler, "T_max", None
+            )
+            if planned is not None and int(planned) != expected:
+                raise UserError(
+                    f"the checkpoint's learning-rate schedule spans {planned} steps but this run has "
+                    f"{expected}: resume with the original trainer.max_epochs/max_steps/limit_train_batches "
+                    f"(or model.init_args.scheduler: none); to train longer, start a new run"
+                )
 
     # ---- helpers for variants -----------------------------------------------------------------
 

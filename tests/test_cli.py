@@ -1,0 +1,237 @@
+"""`python -m project` end to end: run directories, outputs, resume, predict, and clear failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import yaml
+
+from project.cli import DEFAULT_ARGS, main
+from project.data import DigitsDataModule
+from tests.conftest import CONFIGS, REPO, cli_args, only_run_dir
+
+DIGITS = str(CONFIGS / "digits.yaml")
+LIMIT = str(CONFIGS / "debug" / "limit.yaml")  # 10 train batches x 2 epochs: a few seconds
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_module(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "project", *args],
+        cwd=cwd,
+        env=os.environ | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def read_wandb_summary(run_dir: Path) -> dict[str, object]:
+    """Read an offline W&B run back with W&B's own tool, as a user would inspect it."""
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(offline_run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    summary: dict[str, object] = json.loads(out.stdout)
+    return summary
+
+
+def test_no_arguments_means_the_cifar10_demo() -> None:
+    assert ["fit", "--config", str(CONFIGS / "cifar10.yaml")] == DEFAULT_ARGS
+
+
+def test_print_config_composes_defaults_configs_and_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DIGITS, "--config", LIMIT, "--model.init_args.lr", "0.02", "--print_config"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"] == "project.model.ConvNet"  # from digits.yaml
+    assert config["model"]["init_args"]["lr"] == 0.02  # from the command line
+    assert config["trainer"]["max_epochs"] == 2  # limit.yaml overrides digits.yaml
+    assert config["seed_everything"] == 42  # from defaults.yaml
+    loggers = [logger["class_path"] for logger in config["trainer"]["logger"]]
+    assert loggers == ["pytorch_lightning.loggers.WandbLogger", "pytorch_lightning.loggers.CSVLogger"]
+
+
+@pytest.mark.parametrize(
+    "argument", ["--model.init_args.num_classes=5", "--model.init_args.in_shape=[3,8,8]"]
+)
+def test_model_sizes_come_only_from_the_data(
+    runs_dir: Path, argument: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("fit", "--config", DIGITS, argument, runs_dir=runs_dir))
+    assert exit_info.value.code == 2
+    assert "disagrees with data." in capsys.readouterr().err
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())  # nothing left behind
+
+
+@pytest.mark.slow
+def test_fit_on_digits_end_to_end(tmp_path: Path) -> None:
+    """The offline demo as a user runs it: trains, tests, and leaves a complete run directory."""
+    runs_dir = tmp_path / "runs"
+    result = run_module("fit", "--config", DIGITS, "--trainer.default_root_dir", str(runs_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = only_run_dir(runs_dir)
+    assert f"Run directory: {run_dir}" in result.stdout
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val/acc"] >= 0.95
+    assert metrics["test/acc"] >= 0.9  # fit is followed by test on the best checkpoint
+    assert metrics["epoch"] == 30
+
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(name.startswith("best-epoch") for name in checkpoints)
+    assert Path(metrics["best_checkpoint"]).is_file()
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["class_path"] == "project.model.ConvNet"
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == split["num_samples"] == 1438
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:
+        assert "val/acc" in next(csv.reader(f))
+
+    summary = read_wandb_summary(run_dir)
+    assert summary["state"] == "finished" and summary["project"] == "project"
+    assert summary["name"] == run_dir.name
+    logged = summary["summary"]
+    assert isinstance(logged, dict)
+    assert logged["val/acc"] == pytest.approx(metrics["val/acc"], abs=1e-6)
+    assert {"train/loss/ce_epoch", "val/f1", "test/acc"} <= set(logged)
+
+
+class StopAfterEpochs(pl.Callback):
+    """Ends training early, as an interrupted run would, after `epochs` complete epochs."""
+
+    def __init__(self, epochs: int = 2) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_resume_with_ckpt_path_last_continues_in_the_same_run(runs_dir: Path) -> None:
+    three_epochs = ["--config", DIGITS, "--config", LIMIT, "--run_name", "r1", "--trainer.max_epochs", "3"]
+    first = main(
+        cli_args(
+            "fit", *three_epochs, "--trainer.callbacks+=tests.test_cli.StopAfterEpochs", runs_dir=runs_dir
+        )
+    )
+    assert first is not None and first.trainer.current_epoch == 2  # stopped after 2 of 3 epochs
+    run_dir = runs_dir / "r1"
+    original_config = (run_dir / "config.yaml").read_text()
+    first_csv = (run_dir / "csv" / "version_0" / "metrics.csv").read_text()
+
+    resumed = main(cli_args("fit", *three_epochs, "--ckpt_path", "last", runs_dir=runs_dir))
+    assert resumed is not None and resumed.run_dir == run_dir
+    assert resumed.trainer.current_epoch == 3
+    assert resumed.trainer.global_step == 3 * 10  # 10 batches per epoch: only the missing epoch ran
+    # Nothing the first part wrote was replaced: its config, its CSV log.
+    assert (run_dir / "config.yaml").read_text() == original_config
+    assert (run_dir / "config.fit.2.yaml").is_file()
+    assert (run_dir / "csv" / "version_0" / "metrics.csv").read_text() == first_csv
+    with open(run_dir / "csv" / "version_1" / "metrics.csv") as f:
+        trained_epochs = {row["epoch"] for row in csv.DictReader(f) if row["train/loss_epoch"]}
+    assert trained_epochs == {"2"}
+    assert json.loads((run_dir / "metrics.json").read_text())["epoch"] == 3
+
+
+def test_resume_with_another_run_length_is_refused(
+    runs_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "r2", runs_dir=runs_dir))
+    last = runs_dir / "r2" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            cli_args(
+                "fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "r2", "--ckpt_path", "last",
+                "--trainer.max_epochs", "4", runs_dir=runs_dir,
+            )
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "schedule spans 20 steps but this run has 40" in capsys.readouterr().err
+    assert last.read_bytes() == before  # the checkpoint is untouched
+
+
+def test_run_directories_are_never_reused_by_accident(
+    runs_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (runs_dir / "taken").mkdir(parents=True)
+    (runs_dir / "taken" / "keep.txt").write_text("precious")
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("fit", "--config", DIGITS, "--run_name", "taken", runs_dir=runs_dir))
+    assert exit_info.value.code == 2
+    assert "already exists and is left untouched" in capsys.readouterr().err
+    assert [p.name for p in (runs_dir / "taken").iterdir()] == ["keep.txt"]
+
+    with pytest.raises(SystemExit):
+        main(cli_args("fit", "--config", DIGITS, "--ckpt_path", "last", runs_dir=runs_dir))
+    assert "add --run_name NAME" in capsys.readouterr().err
+
+
+def test_validate_test_and_predict_from_a_checkpoint(runs_dir: Path) -> None:
+    fit = main(
+        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "base", runs_dir=runs_dir)
+    )
+    assert fit is not None
+    checkpoint = str(runs_dir / "base" / "checkpoints" / "last.ckpt")
+
+    for stage in ("validate", "test"):
+        cli = main(cli_args(stage, "--config", DIGITS, "--ckpt_path", checkpoint, runs_dir=runs_dir))
+        assert cli is not None and cli.run_dir.name.endswith(f"convnet-{stage}")
+        metrics = json.loads((cli.run_dir / "metrics.json").read_text())
+        prefix = "val" if stage == "validate" else "test"
+        assert metrics[f"{prefix}/acc"] > 0.5
+
+    predict = main(cli_args("predict", "--config", DIGITS, "--ckpt_path", checkpoint, runs_dir=runs_dir))
+    assert predict is not None
+    with open(predict.run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 359  # every test image, once
+    assert {row["class"] for row in rows} <= {str(d) for d in range(10)}
+    assert all(0.1 <= float(row["confidence"]) <= 1.0 for row in rows)
+    # `index` finds each image's true label again: the briefly trained model gets most right.
+    labels = DigitsDataModule().load_test()[1]
+    correct = sum(int(row["pred"]) == int(labels[int(row["index"])]) for row in rows)
+    assert correct / len(rows) > 0.7
+
+
+@pytest.mark.slow
+def test_default_demo_without_network_fails_fast_and_clearly(tmp_path: Path) -> None:
+    """`python -m project` with no data and no network: one message, no traceback, status 2."""
+    # https_proxy points urllib at a closed local port: the download fails as it would offline,
+    # and a machine that does have network cannot start a 163 MB download from this test.
+    start = time.monotonic()
+    result = run_module(cwd=tmp_path, env={"https_proxy": f"http://127.0.0.1:{closed_port()}"})
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2
+    assert elapsed < 30
+    message = result.stderr
+    assert "Traceback" not in message
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message  # the URL tried
+    assert "data/cifar-10-batches-py" in message  # the target directory
+    assert "put it at data/cifar-10-python.tar.gz" in message  # how to place it by hand
+    assert "configs/digits.yaml" in message  # the offline command
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

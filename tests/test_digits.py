@@ -1,0 +1,129 @@
+"""The offline digits DataModule and the DataModule behaviour every dataset shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from project.data import DigitsDataModule
+from project.errors import UserError
+from project.model import ConvNet
+from project.structs import Example
+
+
+def test_sizes_and_class_names() -> None:
+    dm = DigitsDataModule()
+    assert dm.num_classes == 10 and dm.class_names == [str(d) for d in range(10)]
+    assert dm.image_shape == (1, 8, 8)
+    dm.setup("fit")
+    dm.setup("test")
+    sizes = {name: len(ds) for name, ds in dm.datasets.items()}
+    assert sizes["test"] == sizes["predict"] == 359  # 20 % of 1797, fixed
+    assert sizes["train"] + sizes["val"] == 1797 - 359
+    assert sizes["val"] == round(0.2 * (1797 - 359))
+
+
+def test_loaders_yield_normalized_examples() -> None:
+    dm = DigitsDataModule(batch_size=32)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, Example)
+    assert batch.image.shape == (32, 1, 8, 8) and batch.image.dtype == torch.float32
+    assert batch.label is not None and batch.label.dtype == torch.int64
+    assert batch.index is not None and batch.index.dtype == torch.int64
+    # All training images together are normalized to about zero mean and unit variance.
+    images = torch.stack([dm.datasets["train"][i].image for i in range(len(dm.datasets["train"]))])
+    assert abs(images.mean().item()) < 0.05 and abs(images.std().item() - 1) < 0.05
+
+
+def test_index_finds_the_sample_again() -> None:
+    dm = DigitsDataModule()
+    dm.setup("fit")
+    pool_images, pool_labels = dm.load_pool()
+    example = dm.datasets["val"][5]
+    assert example.index is not None and example.label is not None
+    assert example.label == pool_labels[example.index]
+    expected = (pool_images[example.index] - dm.mean[0]) / dm.std[0]
+    torch.testing.assert_close(example.image, expected)
+
+
+def test_test_split_is_fixed_and_disjoint_from_train_and_val() -> None:
+    a, b = DigitsDataModule(seed=1), DigitsDataModule(seed=2)
+    test_a, test_b = a.load_test()[0], b.load_test()[0]
+    assert torch.equal(test_a, test_b)  # the split seed moves train/val only
+    pool = a.load_pool()[0].flatten(1)
+    # No test image appears in the train/val pool (digits has a few exact duplicates; none cross over).
+    matches = (test_a.flatten(1)[:, None, :] == pool[None, :, :]).all(-1).any(-1)
+    assert matches.float().mean() < 0.01
+
+
+def test_predict_set_has_no_labels() -> None:
+    dm = DigitsDataModule(batch_size=16)
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch.label is None and batch.index is not None
+
+
+def test_dev_subset_keeps_n_of_every_split() -> None:
+    dm = DigitsDataModule(dev_subset=7)
+    dm.setup("fit")
+    dm.setup("test")
+    assert {name: len(ds) for name, ds in dm.datasets.items()} == {
+        "train": 7,
+        "val": 7,
+        "test": 7,
+        "predict": 7,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"dev_subset": 0}, "dev_subset"),
+        ({"num_workers": -1}, "num_workers"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        DigitsDataModule(**kwargs)  # type: ignore[arg-type]
+
+
+def fit(dm: DigitsDataModule, root: Path) -> None:
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(ConvNet(10, (1, 8, 8), channels=(4,), hidden=(8,)), datamodule=dm)
+
+
+def test_fit_saves_the_split_and_split_file_reuses_it(tmp_path: Path) -> None:
+    first = DigitsDataModule(seed=5)
+    fit(first, tmp_path / "run1")
+    saved = tmp_path / "run1" / "split.json"
+    assert saved.is_file()
+
+    reused = DigitsDataModule(seed=999, split_file=str(saved))  # the file wins over the seed
+    fit(reused, tmp_path / "run2")
+    assert first.split is not None and reused.split is not None
+    assert reused.split.train == first.split.train and reused.split.val == first.split.val
+    assert (tmp_path / "run2" / "split.json").read_text() == saved.read_text()
+
+
+def test_split_file_from_another_dataset_size_is_refused(tmp_path: Path) -> None:
+    from project.data import Split
+
+    path = tmp_path / "other.json"
+    Split.random(500, val_fraction=0.2, seed=0).save(path)
+    with pytest.raises(UserError, match="made for a dataset of 500 samples, but this dataset has 1438"):
+        DigitsDataModule(split_file=str(path)).setup("fit")

@@ -1,0 +1,154 @@
+"""Model variants: output shapes, loss, one step lowers the loss, optimizers/schedulers, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from project.model import BaseModel, CifarResNet, ConvNet
+from project.structs import Example, Loss, Prediction
+
+VARIANTS: list[tuple[type[BaseModel[Any, Any]], dict[str, Any], tuple[int, int, int]]] = [
+    (ConvNet, {}, (1, 8, 8)),
+    (ConvNet, {"channels": (8, 16, 32), "hidden": (32, 16)}, (3, 32, 32)),
+    (ConvNet, {"channels": (4,)}, (3, 5, 7)),  # odd sizes
+    (CifarResNet, {}, (3, 32, 32)),
+]
+
+
+def batch(in_shape: tuple[int, int, int], n: int = 8, num_classes: int = 10) -> Example:
+    gen = torch.Generator().manual_seed(0)
+    return Example(
+        image=torch.randn(n, *in_shape, generator=gen),
+        label=torch.randint(0, num_classes, (n,), generator=gen),
+        index=torch.arange(n),
+    )
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "in_shape"), VARIANTS)
+def test_forward_and_loss_shapes(
+    cls: type[BaseModel[Any, Any]], kwargs: dict[str, Any], in_shape: Any
+) -> None:
+    model = cls(num_classes=7, in_shape=in_shape, **kwargs)
+    example = batch(in_shape, n=4, num_classes=7)
+    prediction = model(example)
+    assert isinstance(prediction, Prediction)
+    assert prediction.logits.shape == (4, 7)
+    loss = model.compute_loss(example, prediction)
+    assert isinstance(loss, Loss) and set(loss.terms) == {"ce"}
+    assert loss.total.ndim == 0 and torch.isfinite(loss.total)
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "in_shape"), VARIANTS)
+def test_one_step_lowers_loss_on_a_fixed_batch(
+    cls: type[BaseModel[Any, Any]], kwargs: dict[str, Any], in_shape: Any
+) -> None:
+    torch.manual_seed(0)
+    model = cls(num_classes=10, in_shape=in_shape, **kwargs)
+    example = batch(in_shape)
+    # A small step: to first order it must lower the loss along the gradient.
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.eval()  # no dropout/batch-statistics noise: the comparison is about the update alone
+    before = model.compute_loss(example, model(example)).total
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = model.compute_loss(example, model(example)).total
+    assert after < before
+
+
+def test_base_model_without_forward_says_what_to_implement() -> None:
+    model = BaseModel(num_classes=3, in_shape=(1, 4, 4))
+    with pytest.raises(NotImplementedError, match="must implement forward"):
+        model(batch((1, 4, 4), num_classes=3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.0}, "lr must be positive"),
+        ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"num_classes": 1}, "num_classes must be at least 2"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"num_classes": 10, "in_shape": (1, 8, 8)} | kwargs
+    with pytest.raises(ValueError, match=message):
+        ConvNet(**args)
+
+
+def test_label_smoothing_changes_the_loss() -> None:
+    example = batch((1, 8, 8))
+    torch.manual_seed(0)
+    plain = ConvNet(10, (1, 8, 8)).eval()
+    torch.manual_seed(0)
+    smooth = ConvNet(10, (1, 8, 8), label_smoothing=0.2).eval()
+    loss_plain = plain.compute_loss(example, plain(example)).total
+    loss_smooth = smooth.compute_loss(example, smooth(example)).total
+    assert not torch.isclose(loss_plain, loss_smooth)
+
+
+def tiny_loader(n: int = 40, batch_size: int = 8) -> DataLoader[Example]:
+    data = batch((1, 8, 8), n=n)
+    samples = [Example(data.image[i], data.require_label()[i], torch.tensor(i)) for i in range(n)]
+    return DataLoader(samples, batch_size=batch_size, collate_fn=Example.collate)
+
+
+def fit_tiny(model: BaseModel[Any, Any], tmp_path: Path, **trainer_kwargs: Any) -> pl.Trainer:
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **({"max_epochs": 2, "enable_checkpointing": False} | trainer_kwargs),
+    )
+    trainer.fit(model, train_dataloaders=tiny_loader(), val_dataloaders=tiny_loader(16))
+    return trainer
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "none"])
+def test_optimizer_and_schedule_span_the_trainer_run(tmp_path: Path, optimizer: str, scheduler: str) -> None:
+    """The schedule length comes from the Trainer (5 batches x 3 epochs = 15 steps), not from config."""
+    model = ConvNet(10, (1, 8, 8), optimizer=optimizer, scheduler=scheduler, lr=0.01)  # type: ignore[arg-type]
+    trainer = fit_tiny(model, tmp_path, max_epochs=3)
+    opt = trainer.optimizers[0]
+    assert type(opt).__name__ == {"adamw": "AdamW", "sgd": "SGD"}[optimizer]
+    if scheduler == "none":
+        assert trainer.lr_scheduler_configs == []
+        return
+    (config,) = trainer.lr_scheduler_configs
+    assert config.interval == "step"
+    sched = config.scheduler
+    if scheduler == "onecycle":
+        assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps == 15
+    else:
+        assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) and sched.T_max == 15
+    # Both have annealed to a small fraction of the peak rate by the last step.
+    assert opt.param_groups[0]["lr"] < 0.05 * 0.01
+
+
+def test_training_logs_every_loss_term_and_metric(tmp_path: Path) -> None:
+    trainer = fit_tiny(ConvNet(10, (1, 8, 8)), tmp_path)
+    logged = set(trainer.callback_metrics)
+    for stage in ("train", "val"):
+        assert {f"{stage}/loss", f"{stage}/loss/ce", f"{stage}/acc", f"{stage}/f1"} <= logged
+
+
+def test_load_from_checkpoint_needs_no_arguments(tmp_path: Path) -> None:
+    """Hyperparameters are plain values, so the safe weights_only loader restores the model alone."""
+    model = ConvNet(10, (1, 8, 8), channels=(4, 8), hidden=(16,), optimizer="sgd", lr=0.02)
+    trainer = fit_tiny(model, tmp_path, max_epochs=1)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    restored = ConvNet.load_from_checkpoint(path, weights_only=True)
+    assert restored.hparams["channels"] == (4, 8) and restored.hparams["optimizer"] == "sgd"
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[name], tensor, msg=name)
