@@ -37,7 +37,13 @@ LINKED = {"num_classes": "num_classes", "in_shape": "image_shape"}
 
 class RunConfigSaver(SaveConfigCallback):
     """Saves the resolved config in the run directory without ever overwriting one already there
-    (a resumed run writes config.fit.2.yaml beside the original), and logs it to every logger."""
+    (a resumed run writes config.fit.2.yaml beside the original), and logs it to every logger.
+
+    It saves the config as the user gave it, before output paths were pointed into this run's
+    directory, so `--config runs/<run>/config.yaml` repeats the run in a new directory."""
+
+    def __init__(self, parser: LightningArgumentParser, config: Any, user_config: Any = None, **kwargs: Any):
+        super().__init__(parser, config if user_config is None else user_config, **kwargs)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
@@ -100,6 +106,13 @@ class ProjectCLI(LightningCLI):
             root, config.run_name, default_name, resume=config.get("ckpt_path") == "last"
         )
         os.environ[RUN_DIR_ENV] = str(self.run_dir)
+        # The saved config describes the experiment, not this run's identity: without the run's
+        # name and a resume's `ckpt_path: last`, it repeats the run in a new directory.
+        user_config = config.clone()
+        user_config.run_name = None
+        if user_config.get("ckpt_path") == "last":
+            user_config.ckpt_path = None
+        self.save_config_kwargs["user_config"] = user_config
         config.trainer.default_root_dir = str(self.run_dir)
         # Relative output paths of loggers and callbacks are read as relative to the run directory.
         for spec in _specs(config.trainer.logger) + _specs(config.trainer.callbacks):
