@@ -1,0 +1,78 @@
+"""Seeded train/val splits, saved as JSON so a later run can reuse exactly the same partition.
+
+    split = Split.random(num_samples=50_000, val_fraction=0.1, seed=42)
+    split.save(run_dir / "split.json")
+    same = Split.load(run_dir / "split.json", num_samples=50_000)   # checked against the dataset
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from project.errors import UserError
+
+
+@dataclass(frozen=True)
+class Split:
+    num_samples: int
+    train: list[int]
+    val: list[int]
+    seed: int | None = None
+    val_fraction: float | None = None
+
+    @classmethod
+    def random(cls, num_samples: int, val_fraction: float, seed: int) -> Split:
+        if not 0.0 < val_fraction < 1.0:
+            raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+        num_val = max(1, round(num_samples * val_fraction))
+        if num_val >= num_samples:
+            raise UserError(f"val_fraction={val_fraction} leaves no training samples out of {num_samples}")
+        # A generator of our own: the split depends on `seed` alone, not on the global RNG state.
+        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed)).tolist()
+        return cls(num_samples, sorted(order[num_val:]), sorted(order[:num_val]), seed, val_fraction)
+
+    def save(self, path: Path) -> None:
+        """Write atomically. An existing file is kept if identical; a different one is never overwritten."""
+        path = Path(path)
+        if path.exists():
+            if Split.load(path, self.num_samples) == self:
+                return
+            raise UserError(f"{path} already holds a different split; it is left as it is. Use a new run directory.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, num_samples: int) -> Split:
+        """Read a saved split and check it fits a dataset of `num_samples`."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"split_file {path} does not exist; pass the split.json of an earlier run")
+        try:
+            raw = json.loads(path.read_text())
+            split = cls(
+                num_samples=int(raw["num_samples"]),
+                train=[int(i) for i in raw["train"]],
+                val=[int(i) for i in raw["val"]],
+                seed=raw.get("seed"),
+                val_fraction=raw.get("val_fraction"),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"split_file {path} is not a split written by this project ({e!r})") from None
+        if split.num_samples != num_samples:
+            raise UserError(
+                f"split_file {path} was made for a dataset of {split.num_samples} samples, but this dataset "
+                f"has {num_samples}; drop split_file to make a new split for it"
+            )
+        indices = split.train + split.val
+        if len(set(indices)) != len(indices) or not all(0 <= i < num_samples for i in indices):
+            raise UserError(f"split_file {path} has repeated or out-of-range indices (dataset size {num_samples})")
+        return split
