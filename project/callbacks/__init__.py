@@ -1,9 +1,22 @@
-"""Callbacks: optional pieces of the pipeline (logging, writing outputs), switched on in configs.
+"""Callbacks: optional pieces of the pipeline (visualizations, writers), switched on in configs.
 
-Add a callback: a new file here with a `pytorch_lightning.Callback` subclass, exported below, then
-list it under `trainer.callbacks` in `configs/defaults.yaml` or a run's config.
+Add a callback: a new file here with a `pytorch_lightning.Callback` subclass (or an `EpochCallback`
+for something computed over a validation/test epoch), exported below, then listed under
+`trainer.callbacks` in a config (`callbacks+:` appends to the list from configs/defaults.yaml).
 """
 
+from project.callbacks.base import EpochCallback
+from project.callbacks.confusion import ConfusionMatrix
 from project.callbacks.prediction_writer import PredictionWriter
+from project.callbacks.top_k import TopKExamples
+from project.callbacks.uncertainty import UncertaintyPlots
+from project.callbacks.visual_log import VisualLog
 
-__all__ = ["PredictionWriter"]
+__all__ = [
+    "ConfusionMatrix",
+    "EpochCallback",
+    "PredictionWriter",
+    "TopKExamples",
+    "UncertaintyPlots",
+    "VisualLog",
+]

@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -141,10 +142,20 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Example]:
         if split not in self.datasets:
             raise RuntimeError(f"call setup() before asking for the {split} DataLoader")
+        dataset = self.datasets[split]
+        sampler = None
+        if split != "train" and self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning's default DistributedSampler pads shards by repeating samples, which would count
+            # them twice in metrics and confusion matrices. Evaluation has no per-step collective
+            # (metrics sync at epoch end), so shards may differ in length by one instead.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

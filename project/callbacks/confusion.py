@@ -1,0 +1,56 @@
+"""`ConfusionMatrix`: which classes are mistaken for which, each epoch.
+
+Accumulated on the device by torchmetrics' `MulticlassConfusionMatrix` (summed over DDP ranks when
+the epoch ends) and drawn twice with the DataModule's class names: raw counts, and normalized by
+row (each true class sums to 1, so rare classes read as clearly as common ones).
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from project.callbacks.base import EpochCallback
+from project.callbacks.display import class_names, num_classes
+from project.callbacks.visual_log import VisualLog, new_figure
+from project.structs import Example, Prediction
+
+
+class ConfusionMatrix(EpochCallback):
+    def __init__(self, stages: tuple[str, ...] = ("val", "test")) -> None:
+        """
+        Args:
+            stages: "val", "test" or both.
+        """
+        super().__init__(stages)
+        self.matrix: MulticlassConfusionMatrix | None = None
+
+    def reset(self, pl_module: pl.LightningModule) -> None:
+        if self.matrix is None:
+            self.matrix = MulticlassConfusionMatrix(num_classes(pl_module))
+        self.matrix.to(pl_module.device).reset()
+
+    def update(self, example: Example, prediction: Prediction, pl_module: pl.LightningModule) -> None:
+        assert self.matrix is not None
+        self.matrix.update(prediction.pred, example.require_label())
+
+    def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> None:
+        assert self.matrix is not None
+        if self.matrix.update_count == 0:
+            return
+        counts = self.matrix.compute().cpu()  # summed over every rank: all ranks take part
+        if not out.enabled:
+            return
+        names = class_names(trainer, pl_module)
+        normalized = counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)
+        out.json("confusion_matrix", {"classes": names, "counts": counts.tolist()})
+        size = 1.5 + 0.45 * len(names)
+        for name, values, title in (
+            ("confusion_matrix", counts, "counts"),
+            ("confusion_matrix_normalized", normalized, "normalized by true class"),
+        ):
+            fig = new_figure(size, size)
+            ax = fig.subplots()
+            self.matrix.plot(val=values, ax=ax, labels=names)
+            ax.set_title(f"Confusion matrix, {title}", fontsize=10)
+            out.figure(name, fig)

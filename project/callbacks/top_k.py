@@ -1,0 +1,180 @@
+"""`TopKExamples`: the validation samples with the highest loss (confident mistakes) and the lowest.
+
+Each epoch it logs both sets as captioned images (`true: cat · pred: dog (0.93) · loss 3.21`), a
+W&B table (image, true, pred, confidence, entropy, loss, dataset index) and a PNG grid per set.
+
+Cheap: each batch is merged into a running top-k on the device (O(batch + k), no host sync).
+Correct under DDP: each rank keeps its own top-k; at epoch end they are gathered and merged, so the
+logged set is the global top-k. Ties are broken by dataset index and repeated samples (the
+DistributedSampler pads shards by repeating some) are counted once, so one process and several agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from project.callbacks.base import EpochCallback
+from project.callbacks.display import caption, class_names, display_images
+from project.callbacks.visual_log import VisualLog
+from project.structs import Example, Prediction
+
+
+@dataclass
+class Ranked:
+    """Samples with a score, kept on the device; every field has the same length n."""
+
+    score: Tensor  # (n,) the per-sample loss
+    index: Tensor  # (n,) dataset index; -1 marks padding
+    label: Tensor  # (n,)
+    pred: Tensor  # (n,)
+    confidence: Tensor  # (n,)
+    entropy: Tensor  # (n,)
+    image: Tensor  # (n, C, H, W)
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def take(self, positions: Tensor) -> Ranked:
+        return Ranked(**{f.name: getattr(self, f.name)[positions] for f in dataclasses.fields(self)})
+
+    @staticmethod
+    def cat(parts: list[Ranked]) -> Ranked:
+        return Ranked(
+            **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Ranked)}
+        )
+
+    @classmethod
+    def from_batch(cls, example: Example, prediction: Prediction) -> Ranked:
+        label = example.require_label()
+        index = example.index if example.index is not None else torch.full_like(label, -1)
+        loss = F.cross_entropy(prediction.logits.float(), label, reduction="none")
+        return cls(
+            loss, index, label, prediction.pred, prediction.confidence, prediction.entropy, example.image
+        )
+
+
+def top_k(ranked: Ranked, k: int, largest: bool = True) -> Ranked:
+    """The k best-scoring samples, highest first (lowest first if not `largest`).
+
+    Deterministic: equal scores are ordered by dataset index; a dataset index seen more than once
+    is kept once; padding (index -1) is dropped. Fewer than k samples -> all of them.
+    """
+    ranked = ranked.take(torch.nonzero(ranked.index >= 0).flatten())
+    if k <= 0 or len(ranked) == 0:
+        return ranked.take(torch.zeros(0, dtype=torch.long, device=ranked.index.device))
+    # Two stable sorts: by index, then by score, so ties keep index order.
+    ranked = ranked.take(torch.argsort(ranked.index, stable=True))
+    ranked = ranked.take(torch.argsort(ranked.score, descending=largest, stable=True))
+    # First occurrence of each index in ranked order.
+    positions = torch.arange(len(ranked), device=ranked.index.device)
+    unique, inverse = torch.unique(ranked.index, return_inverse=True)
+    first = torch.full_like(unique, len(ranked)).scatter_reduce(0, inverse, positions, reduce="amin")
+    return ranked.take(first.sort().values[:k])
+
+
+def pad(ranked: Ranked, k: int, image_shape: tuple[int, ...]) -> Ranked:
+    """Exactly k entries (padding has index -1), so every DDP rank gathers tensors of one shape."""
+    missing = k - len(ranked)
+    if missing <= 0:
+        return ranked
+    device = ranked.score.device
+    filler = Ranked(
+        score=torch.zeros(missing, device=device, dtype=ranked.score.dtype),
+        index=torch.full((missing,), -1, device=device, dtype=torch.long),
+        label=torch.zeros(missing, device=device, dtype=torch.long),
+        pred=torch.zeros(missing, device=device, dtype=torch.long),
+        confidence=torch.zeros(missing, device=device, dtype=ranked.confidence.dtype),
+        entropy=torch.zeros(missing, device=device, dtype=ranked.entropy.dtype),
+        image=torch.zeros(missing, *image_shape, device=device, dtype=ranked.image.dtype),
+    )
+    return Ranked.cat([ranked, filler])
+
+
+class TopKExamples(EpochCallback):
+    def __init__(self, k: int = 8, stages: tuple[str, ...] = ("val", "test")) -> None:
+        """
+        Args:
+            k: how many samples to show in each set (0 shows none).
+            stages: "val", "test" or both.
+        """
+        super().__init__(stages)
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        self.k = k
+        self.highest: Ranked | None = None
+        self.lowest: Ranked | None = None
+
+    def reset(self, pl_module: pl.LightningModule) -> None:
+        self.highest = self.lowest = None
+
+    def update(self, example: Example, prediction: Prediction, pl_module: pl.LightningModule) -> None:
+        batch = Ranked.from_batch(example, prediction)
+        self.highest = top_k(batch if self.highest is None else Ranked.cat([self.highest, batch]), self.k)
+        self.lowest = top_k(
+            batch if self.lowest is None else Ranked.cat([self.lowest, batch]), self.k, largest=False
+        )
+
+    def _global(self, local: Ranked | None, pl_module: pl.LightningModule, largest: bool) -> Ranked | None:
+        if local is None:
+            return None
+        if pl_module.trainer.world_size > 1:
+            local = pad(local, self.k, tuple(local.image.shape[1:]))
+            # Every field becomes (world_size, k, ...). all_gather walks dataclasses (apply_to_collection);
+            # its annotation lists only plain collections.
+            gathered = pl_module.all_gather(local)  # type: ignore[arg-type]
+            assert isinstance(gathered, Ranked)
+            local = Ranked(
+                **{f.name: getattr(gathered, f.name).flatten(0, 1) for f in dataclasses.fields(Ranked)}
+            )
+        return top_k(local, self.k, largest)
+
+    def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> None:
+        if self.k == 0:
+            return
+        names = class_names(trainer, pl_module)
+        rows: list[list[Any]] = []
+        for name, local, largest in (("top_k", self.highest, True), ("bottom_k", self.lowest, False)):
+            ranked = self._global(local, pl_module, largest)  # collective: every rank takes part
+            if ranked is None or not out.enabled:
+                continue
+            images = display_images(ranked.image, trainer)
+            fields = zip(
+                ranked.label.tolist(), ranked.pred.tolist(), ranked.confidence.tolist(),
+                ranked.entropy.tolist(), ranked.score.tolist(), ranked.index.tolist(), strict=True,
+            )  # fmt: skip
+            captions = []
+            for image, (label, pred, confidence, entropy, loss, index) in zip(images, fields, strict=True):
+                captions.append(caption(names[label], names[pred], confidence, loss))
+                rows.append([name, image, names[label], names[pred], confidence, entropy, loss, index])
+            out.images(name, images, captions)
+            out.picture(name, image_grid(images, captions))
+        columns = ["set", "image", "true", "pred", "confidence", "entropy", "loss", "index"]
+        out.table("top_k_table", columns, rows, image_columns=frozenset({"image"}))
+
+
+def image_grid(images: list[np.ndarray], captions: list[str], columns: int = 4) -> np.ndarray:
+    """Tiles with their caption lines underneath, composed with PIL: milliseconds, not a figure."""
+    from PIL import Image, ImageDraw
+
+    tiles = [Image.fromarray(image).convert("RGB") for image in images]
+    size = max(max(t.size) for t in tiles)
+    lines = [text.split(" · ") for text in captions]
+    line_height, text_width = 12, 6 * max(len(line) for caption_lines in lines for line in caption_lines)
+    cell_w, cell_h = max(size, text_width) + 8, size + line_height * max(map(len, lines)) + 8
+    rows = -(-len(tiles) // columns)
+    grid = Image.new("RGB", (cell_w * min(columns, len(tiles)), cell_h * rows), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (tile, caption_lines) in enumerate(zip(tiles, lines, strict=True)):
+        x, y = (i % columns) * cell_w + 4, (i // columns) * cell_h + 4
+        grid.paste(tile, (x + (cell_w - 8 - tile.width) // 2, y))
+        for j, line in enumerate(caption_lines):
+            draw.text((x, y + size + 2 + j * line_height), line, fill="black")
+    return np.asarray(grid)
