@@ -4,7 +4,7 @@ VENV   ?= venv
 PY      = $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: help init run demo test quality style clean
+.PHONY: help init run demo test quality style bench rename clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z%_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ quality:  ## lint, format check, type check
 style:  ## format and auto-fix what ruff can
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+bench:  ## benchmarks: each prints ratios against a baseline measured in the same run
+	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+rename:  ## rename the package everywhere: make rename NAME=mynet (on a committed tree)
+	$(PY) scripts/rename.py $(NAME)
 
 clean:  ## remove caches and build files (keeps venv/, data/ and runs/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

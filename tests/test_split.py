@@ -33,6 +33,8 @@ def test_a_different_split_never_overwrites_a_saved_one(tmp_path: Path) -> None:
     before = path.read_bytes()
     with pytest.raises(UserError, match="already holds a different split"):
         Split.random(50, val_fraction=0.1, seed=4).save(path)
+    with pytest.raises(UserError, match="already holds a different split"):  # another dataset's split
+        Split.random(80, val_fraction=0.1, seed=3).save(path)
     assert path.read_bytes() == before
 
 

@@ -7,7 +7,10 @@ row (each true class sums to 1, so rare classes read as clearly as common ones).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytorch_lightning as pl
+from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from project.callbacks.base import EpochCallback
@@ -15,14 +18,22 @@ from project.callbacks.display import class_names, num_classes
 from project.callbacks.visual_log import VisualLog, new_figure
 from project.structs import Example, Prediction
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 class ConfusionMatrix(EpochCallback):
-    def __init__(self, stages: tuple[str, ...] = ("val", "test")) -> None:
+    def __init__(
+        self,
+        stages: tuple[str, ...] = ("val", "test"),
+        every_n_epochs: int = 1,
+    ) -> None:
         """
         Args:
             stages: "val", "test" or both.
+            every_n_epochs: see `EpochCallback`.
         """
-        super().__init__(stages)
+        super().__init__(stages, every_n_epochs)
         self.matrix: MulticlassConfusionMatrix | None = None
 
     def reset(self, pl_module: pl.LightningModule) -> None:
@@ -44,13 +55,19 @@ class ConfusionMatrix(EpochCallback):
         names = class_names(trainer, pl_module)
         normalized = counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)
         out.json("confusion_matrix", {"classes": names, "counts": counts.tolist()})
-        size = 1.5 + 0.45 * len(names)
         for name, values, title in (
             ("confusion_matrix", counts, "counts"),
             ("confusion_matrix_normalized", normalized, "normalized by true class"),
         ):
-            fig = new_figure(size, size)
-            ax = fig.subplots()
-            self.matrix.plot(val=values, ax=ax, labels=names)
-            ax.set_title(f"Confusion matrix, {title}", fontsize=10)
-            out.figure(name, fig)
+            out.figure(name, plot_confusion(values, names, f"Confusion matrix, {title}"))
+
+
+def plot_confusion(values: Tensor, names: list[str], title: str) -> Figure:
+    """A labelled heatmap (rows: true class, columns: predicted), drawn by torchmetrics' plotter."""
+    size = 1.2 + 0.4 * len(names)
+    fig = new_figure(size, size)
+    ax = fig.subplots()
+    # Cell numbers stop being readable (and cost most of the drawing time) beyond ~30 classes.
+    MulticlassConfusionMatrix(len(names)).plot(val=values, ax=ax, labels=names, add_text=len(names) <= 30)
+    ax.set_title(title, fontsize=10)
+    return fig

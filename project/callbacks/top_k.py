@@ -99,13 +99,19 @@ def pad(ranked: Ranked, k: int, image_shape: tuple[int, ...]) -> Ranked:
 
 
 class TopKExamples(EpochCallback):
-    def __init__(self, k: int = 8, stages: tuple[str, ...] = ("val", "test")) -> None:
+    def __init__(
+        self,
+        k: int = 8,
+        stages: tuple[str, ...] = ("val", "test"),
+        every_n_epochs: int = 1,
+    ) -> None:
         """
         Args:
             k: how many samples to show in each set (0 shows none).
             stages: "val", "test" or both.
+            every_n_epochs: see `EpochCallback`.
         """
-        super().__init__(stages)
+        super().__init__(stages, every_n_epochs)
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         self.k = k

@@ -60,15 +60,20 @@ def reliability_bins(confidence: Tensor, correct: Tensor, num_bins: int) -> list
 
 class UncertaintyPlots(EpochCallback):
     def __init__(
-        self, entropy_bins: int = 10, calibration_bins: int = 15, stages: tuple[str, ...] = ("val", "test")
+        self,
+        entropy_bins: int = 10,
+        calibration_bins: int = 15,
+        stages: tuple[str, ...] = ("val", "test"),
+        every_n_epochs: int = 1,
     ) -> None:
         """
         Args:
             entropy_bins: number of equal-count entropy bins.
             calibration_bins: number of equal-width confidence bins (also used for the ECE).
             stages: "val", "test" or both.
+            every_n_epochs: see `EpochCallback`.
         """
-        super().__init__(stages)
+        super().__init__(stages, every_n_epochs)
         if entropy_bins < 1 or calibration_bins < 1:
             raise ValueError("entropy_bins and calibration_bins must be at least 1")
         self.num_entropy_bins = entropy_bins

@@ -60,9 +60,9 @@ class VisualLog:
 
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"{name}.png"
-        Image.fromarray(pixels).save(path)
+        Image.fromarray(pixels).save(path, compress_level=1)  # fast; these PNGs are small anyway
         for wandb_logger in self._loggers(WandbLogger):
-            wandb_logger.log_image(self.key(name), [pixels], step=self.step)
+            wandb_logger.log_image(self.key(name), [str(path)], step=self.step)  # the file: no re-encode
         for tb_logger in self._loggers(TensorBoardLogger):
             tb_logger.experiment.add_image(self.key(name), pixels, global_step=self.step, dataformats="HWC")
         return path

@@ -41,7 +41,11 @@ class Split:
         """Write atomically. An existing file is kept if identical; a different one is never overwritten."""
         path = Path(path)
         if path.exists():
-            if Split.load(path, self.num_samples) == self:
+            try:
+                same = Split.load(path, self.num_samples) == self
+            except UserError:  # made for another dataset, or not a split at all
+                same = False
+            if same:
                 return
             raise UserError(f"{path} already holds a different split; it is left as it is. Use a new run directory.")
         path.parent.mkdir(parents=True, exist_ok=True)

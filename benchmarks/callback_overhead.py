@@ -1,0 +1,149 @@
+"""Epoch time with all visual callbacks vs none, measured in the same process.
+
+    venv/bin/python benchmarks/callback_overhead.py [--repeats 2]
+
+Each scenario trains the demo ConvNet twice per repeat with the same Trainer (W&B offline logger on,
+progress bar and checkpointing off): once bare, once with TopKExamples, UncertaintyPlots and
+ConfusionMatrix. Runs alternate (A B A B ...) so drift on a shared machine hits both arms. An epoch
+is timed from `on_train_epoch_start` to `on_train_epoch_end`, which includes validation and the
+callbacks' epoch-end drawing and logging; the first epoch of each run (warm-up) is dropped.
+
+Scenarios: digits (the target row: 0.13 s epochs, where a fixed per-epoch drawing cost shows most),
+digits with `every_n_epochs=5`, and a CIFAR-10-shaped dataset (5 000 generated 32x32 colour images
+in the real on-disk format, read by CIFAR10DataModule) whose epochs last seconds.
+Prints medians and ratios; writes benchmarks/results/callback_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from project.callbacks import ConfusionMatrix, TopKExamples, UncertaintyPlots
+from project.data import CIFAR10DataModule, DigitsDataModule
+from project.model import ConvNet
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class EpochTimer(pl.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+
+def digits() -> pl.LightningDataModule:
+    return DigitsDataModule(batch_size=64)
+
+
+def cifar_shaped(root: Path) -> Callable[[], pl.LightningDataModule]:
+    from tests.cifar10_files import write_cifar10
+
+    files = write_cifar10(root, per_batch=1000, test_size=10)
+    return lambda: CIFAR10DataModule(data_dir=str(files.root), download=False, batch_size=128, num_workers=0)
+
+
+def run(
+    make_data: Callable[[], pl.LightningDataModule],
+    visuals: bool,
+    every_n_epochs: int,
+    epochs: int,
+    root: Path,
+) -> list[float]:
+    from pytorch_lightning.loggers import WandbLogger
+
+    pl.seed_everything(0, verbose=False)
+    timer = EpochTimer()
+    callbacks: list[pl.Callback] = [timer]
+    if visuals:
+        callbacks += [
+            TopKExamples(k=8, every_n_epochs=every_n_epochs),
+            UncertaintyPlots(every_n_epochs=every_n_epochs),
+            ConfusionMatrix(every_n_epochs=every_n_epochs),
+        ]
+    data = make_data()
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=WandbLogger(save_dir=str(root)),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    model = ConvNet(10, data.image_shape, lr=0.005)  # type: ignore[attr-defined]
+    trainer.fit(model, datamodule=data)
+    import wandb
+
+    wandb.finish()
+    return timer.times[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    torch.set_num_threads(2)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        scenarios = [
+            ("digits, every epoch", digits, 1, 6),
+            ("digits, every_n_epochs=5", digits, 5, 11),
+            ("CIFAR-shaped 5k, every epoch", cifar_shaped(Path(tmp) / "cifar"), 1, 3),
+        ]
+        run(
+            digits, True, 1, 2, Path(tmp) / "warmup"
+        )  # first-use imports (matplotlib, wandb media) off the clock
+        for name, make_data, every, epochs in scenarios:
+            times: dict[str, list[float]] = {"none": [], "all": []}
+            for repeat in range(args.repeats):
+                for arm in ("none", "all"):
+                    root = Path(tmp) / f"{len(rows)}-{arm}-{repeat}"
+                    times[arm] += run(make_data, arm == "all", every, epochs, root)
+            median = {arm: statistics.median(values) for arm, values in times.items()}
+            mean = {arm: statistics.mean(values) for arm, values in times.items()}
+            # With every_n_epochs > 1 the cost lands on some epochs only: compare means, not medians.
+            stat = median if every == 1 else mean
+            rows.append(
+                {"scenario": name, "epoch_s": stat, "ratio": stat["all"] / stat["none"], "times_s": times}
+            )
+    print(f"{'scenario':<32} {'epoch, none (s)':>15} {'epoch, all (s)':>15} {'ratio':>7}")
+    for row in rows:
+        none, all_ = row["epoch_s"]["none"], row["epoch_s"]["all"]
+        print(f"{row['scenario']:<32} {none:>15.3f} {all_:>15.3f} {row['ratio']:>7.2f}")
+    print("target: ratio <= 1.05 (digits, every epoch). Medians over epochs; means where every_n_epochs > 1.")
+    RESULTS.mkdir(exist_ok=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}"
+    (RESULTS / "callback_overhead.json").write_text(
+        json.dumps(
+            {"benchmark": "callback_overhead", "machine": machine, "target": 1.05, "rows": rows}, indent=2
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

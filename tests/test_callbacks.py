@@ -1,0 +1,299 @@
+"""Visualization callbacks: the top-k merge, binning, drawing, the epoch life cycle, the real W&B and
+TensorBoard outputs, and equality of a 2-process DDP run with a 1-process run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from project.callbacks import EpochCallback, TopKExamples, VisualLog
+from project.callbacks.confusion import plot_confusion
+from project.callbacks.display import caption, display_images
+from project.callbacks.top_k import Ranked, top_k
+from project.callbacks.uncertainty import entropy_bins, reliability_bins
+from project.cli import main
+from project.data import DigitsDataModule
+from project.model import ConvNet
+from project.structs import Example, Prediction
+from tests.conftest import CONFIGS, REPO, cli_args
+from tests.test_cli import read_wandb_summary
+
+DIGITS = str(CONFIGS / "digits.yaml")
+LIMIT = str(CONFIGS / "debug" / "limit.yaml")
+CAPTION = re.compile(r"^true: \d · pred: \d \(\d\.\d\d\) · loss \d+\.\d\d$")
+FIGURES = [
+    "top_k",
+    "bottom_k",
+    "error_vs_entropy",
+    "reliability",
+    "confusion_matrix",
+    "confusion_matrix_normalized",
+]
+
+
+def ranked(scores: list[float], indices: list[int]) -> Ranked:
+    n = len(scores)
+    return Ranked(
+        score=torch.tensor(scores),
+        index=torch.tensor(indices),
+        label=torch.zeros(n, dtype=torch.long),
+        pred=torch.zeros(n, dtype=torch.long),
+        confidence=torch.ones(n),
+        entropy=torch.zeros(n),
+        image=torch.arange(n, dtype=torch.float).view(n, 1, 1, 1),  # image i carries its position
+    )
+
+
+# ---- the top-k merge ------------------------------------------------------------------------------
+
+
+def test_top_k_orders_by_score_then_index() -> None:
+    r = ranked([1.0, 3.0, 3.0, 2.0, 3.0], [10, 7, 5, 8, 6])
+    best = top_k(r, 4)
+    assert best.index.tolist() == [5, 6, 7, 8]  # the three 3.0s by index, then 2.0
+    assert best.score.tolist() == [3.0, 3.0, 3.0, 2.0]
+    assert best.image.flatten().tolist() == [2.0, 4.0, 1.0, 3.0]  # payload travels with its sample
+    assert top_k(r, 2, largest=False).index.tolist() == [10, 8]
+
+
+def test_top_k_with_k_larger_than_the_set_or_zero() -> None:
+    r = ranked([0.5, 0.1], [1, 2])
+    assert top_k(r, 10).index.tolist() == [1, 2]
+    assert len(top_k(r, 0)) == 0
+    assert len(top_k(ranked([], []), 3)) == 0
+
+
+def test_top_k_counts_a_repeated_sample_once_and_drops_padding() -> None:
+    r = ranked([5.0, 5.0, 4.0, 9.0, 1.0], [3, 3, 4, -1, 2])
+    assert top_k(r, 3).index.tolist() == [3, 4, 2]
+
+
+def test_streaming_top_k_equals_top_k_of_everything() -> None:
+    """Merging batch by batch (as the callback does) gives the same set as ranking all at once."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n, k = int(torch.randint(1, 60, (1,), generator=gen)), int(torch.randint(0, 12, (1,), generator=gen))
+        scores = torch.randint(0, 6, (n,), generator=gen).float().tolist()  # many ties
+        everything = ranked(scores, list(range(n)))
+        for largest in (True, False):
+            running: Ranked | None = None
+            for chunk in torch.split(torch.arange(n), 7):
+                part = everything.take(chunk)
+                running = top_k(part if running is None else Ranked.cat([running, part]), k, largest)
+            assert running is not None
+            assert running.index.tolist() == top_k(everything, k, largest).index.tolist()
+
+
+# ---- binning, captions, display --------------------------------------------------------------------
+
+
+def test_entropy_bins_are_equal_count_with_the_right_error_rates() -> None:
+    entropy = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8])
+    correct = torch.tensor([0, 1, 1, 1, 0, 1, 0])
+    bins = entropy_bins(entropy, correct, num_bins=3)
+    assert [b["count"] for b in bins] == [3, 2, 2]
+    # sorted by entropy: (0.1,1) (0.2,1) (0.3,1) | (0.5,1) (0.7,0) | (0.8,0) (0.9,0)
+    assert [b["error_rate"] for b in bins] == pytest.approx([0.0, 0.5, 1.0])
+    assert [b["entropy"] for b in bins] == pytest.approx([0.2, 0.6, 0.85])
+    assert len(entropy_bins(entropy[:2], correct[:2], num_bins=10)) == 2
+
+
+def test_reliability_bins_cover_zero_to_one() -> None:
+    confidence = torch.tensor([0.05, 0.95, 1.0, 0.55, 0.51])
+    correct = torch.tensor([0, 1, 0, 1, 0])
+    bins = reliability_bins(confidence, correct, num_bins=10)
+    assert [(b["low"], b["count"]) for b in bins] == [(0.0, 1), (0.5, 2), (0.9, 2)]  # 1.0 in the last bin
+    assert [b["accuracy"] for b in bins] == pytest.approx([0.0, 0.5, 0.5])
+
+
+def test_caption_format() -> None:
+    assert caption("cat", "dog", 0.934, 3.2149) == "true: cat · pred: dog (0.93) · loss 3.21"
+
+
+def test_display_images_undo_normalization_and_enlarge_small_images() -> None:
+    class FakeTrainer:
+        datamodule = DigitsDataModule()
+
+    raw = torch.tensor([[0.0, 0.5], [1.0, 0.25]]).view(1, 1, 2, 2)
+    normalized = (raw - DigitsDataModule.mean[0]) / DigitsDataModule.std[0]
+    (image,) = display_images(normalized, FakeTrainer())  # type: ignore[arg-type]
+    assert image.dtype == np.uint8 and image.shape == (64, 64)  # grey, enlarged pixel for pixel
+    assert image[0, 0] == 0 and image[0, 63] == 128 and image[63, 0] == 255 and image[63, 63] == 64
+
+
+def test_confusion_plot_is_labelled_with_class_names() -> None:
+    names = ["cat", "dog", "bird"]
+    fig = plot_confusion(torch.tensor([[5, 1, 0], [0, 3, 2], [1, 0, 4]]), names, "title")
+    (ax,) = fig.axes[:1]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert {t.get_text() for t in ax.texts} >= {"5", "3", "4", "2"}  # counts written in the cells
+
+
+# ---- life cycle with a real Trainer ------------------------------------------------------------------
+
+
+class Recorder(EpochCallback):
+    """Records what the base class hands a subclass: one emit per real epoch, samples since reset."""
+
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        super().__init__(stages=("val", "test"), every_n_epochs=every_n_epochs)
+        self.events: list[tuple[str, int, int]] = []
+        self.seen = 0
+
+    def reset(self, pl_module: pl.LightningModule) -> None:
+        self.seen = 0
+
+    def update(self, example: Example, prediction: Prediction, pl_module: pl.LightningModule) -> None:
+        self.seen += len(example)
+
+    def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> None:
+        self.events.append((out.stage, trainer.current_epoch, self.seen))
+
+
+def small_trainer(root: Path, callbacks: list[pl.Callback], epochs: int = 2) -> pl.Trainer:
+    return pl.Trainer(
+        default_root_dir=root, accelerator="cpu", max_epochs=epochs, limit_train_batches=3,
+        num_sanity_val_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=callbacks,
+    )  # fmt: skip
+
+
+def test_nothing_during_sanity_check_and_a_fresh_start_every_epoch(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    recorder, topk = Recorder(), TopKExamples(k=5)
+    dm = DigitsDataModule(batch_size=32)
+    trainer = small_trainer(tmp_path, [recorder, topk])
+    model = ConvNet(10, (1, 8, 8))
+    trainer.fit(model, datamodule=dm)
+    num_val = len(dm.datasets["val"])
+    # The sanity check (2 batches) emitted nothing, and each epoch saw exactly the validation set once.
+    assert recorder.events == [("val", 0, num_val), ("val", 1, num_val)]
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert recorder.events[-1] == ("test", 2, len(dm.datasets["test"]))
+
+    tables = [json.loads((tmp_path / f"plots/val/epoch_{e}/top_k_table.json").read_text()) for e in (0, 1)]
+    top = [[(row["index"], row["loss"]) for row in table if row["set"] == "top_k"] for table in tables]
+    assert all(len({index for index, _ in epoch}) == 5 for epoch in top)
+    assert top[0] != top[1]  # each epoch ranked its own losses: the weights changed in between
+
+
+def test_every_n_epochs_watches_every_nth_epoch_and_the_last(tmp_path: Path) -> None:
+    recorder = Recorder(every_n_epochs=2)
+    small_trainer(tmp_path, [recorder], epochs=3).fit(ConvNet(10, (1, 8, 8)), datamodule=DigitsDataModule())
+    assert [(stage, epoch) for stage, epoch, _ in recorder.events] == [("val", 1), ("val", 2)]
+
+
+def test_callbacks_refuse_models_that_do_not_return_predictions(tmp_path: Path) -> None:
+    class PlainModel(ConvNet):
+        def validation_step(self, batch: Example, batch_idx: int) -> Any:  # type: ignore[override]
+            return self(batch).logits  # a tensor, not a Prediction
+
+    trainer = small_trainer(tmp_path, [TopKExamples()], epochs=1)
+    with pytest.raises(TypeError, match="return a Prediction"):
+        trainer.fit(PlainModel(10, (1, 8, 8)), datamodule=DigitsDataModule())
+
+
+# ---- the real outputs: PNGs, W&B read back, TensorBoard ----------------------------------------------
+
+
+def test_fit_logs_every_visual_to_wandb_and_png(runs_dir: Path) -> None:
+    cli = main(cli_args("fit", "--config", DIGITS, "--config", LIMIT, runs_dir=runs_dir))
+    assert cli is not None
+    run_dir = cli.run_dir
+    for stage, epochs in (("val", [0, 1]), ("test", [2])):
+        for epoch in epochs:
+            folder = run_dir / "plots" / stage / f"epoch_{epoch}"
+            for name in FIGURES:
+                with Image.open(folder / f"{name}.png") as image:
+                    assert image.size[0] > 50 and image.size[1] > 50
+    summary = read_wandb_summary(run_dir)["summary"]
+    assert isinstance(summary, dict)
+    for stage in ("val", "test"):
+        for name in FIGURES:
+            assert summary[f"{stage}/{name}"]["_type"] == "images/separated", name
+        for name in ("top_k", "bottom_k"):
+            captions = summary[f"{stage}/{name}"]["captions"]
+            assert len(captions) == 8 and all(CAPTION.match(c) for c in captions), captions
+        assert summary[f"{stage}/top_k_table"]["_type"] == "table-file"
+        assert 0.0 <= summary[f"{stage}/ece"] <= 1.0
+    # The highest-loss captions are sorted by loss, highest first.
+    losses = [float(c.rsplit(" ", 1)[1]) for c in summary["val/top_k"]["captions"]]
+    assert losses == sorted(losses, reverse=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val/ece"] == pytest.approx(summary["val/ece"])
+
+
+def test_without_wandb_pngs_are_written_and_tensorboard_gets_the_figures(
+    tmp_path: Path, runs_dir: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    loggers = tmp_path / "tensorboard_only.yaml"
+    loggers.write_text(
+        "trainer:\n  logger:\n    - class_path: pytorch_lightning.loggers.TensorBoardLogger\n"
+        "      init_args: {save_dir: ., name: tb}\n"
+    )
+    cli = main(
+        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--config", str(loggers), runs_dir=runs_dir)
+    )
+    assert cli is not None
+    assert not (cli.run_dir / "wandb").exists()
+    assert all((cli.run_dir / "plots/val/epoch_1" / f"{name}.png").is_file() for name in FIGURES)
+    images: dict[str, int] = {}  # tag -> number of images, over every event file of the run
+    for events in (cli.run_dir / "tb").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["images"]:
+            images[tag] = images.get(tag, 0) + len(accumulator.Images(tag))
+    assert {f"{stage}/{name}" for stage in ("val", "test") for name in FIGURES} <= set(images)
+    assert images["val/confusion_matrix"] == 2  # one per validation epoch
+
+
+# ---- DDP: 2 processes give what 1 process gives ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ddp_on_two_processes_matches_one_process(runs_dir: Path) -> None:
+    """Same checkpoint, same validation set (101 samples: the 2 shards differ in size): the 2-rank run
+    logs the same top-k/bottom-k dataset indices, confusion matrix and ECE as the 1-rank run."""
+    fit = main(
+        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "base", runs_dir=runs_dir)
+    )
+    assert fit is not None
+    checkpoint = str(runs_dir / "base" / "checkpoints" / "last.ckpt")
+    common = ["validate", "--config", DIGITS, "--ckpt_path", checkpoint, "--data.init_args.dev_subset", "101",
+              "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(runs_dir)]  # fmt: skip
+    for name, devices in (("one", "1"), ("two", "2")):
+        result = subprocess.run(
+            [sys.executable, "-m", "project", *common, "--run_name", name,
+             "--trainer.devices", devices, "--trainer.strategy", "ddp" if devices == "2" else "auto"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def outputs(name: str) -> tuple[Any, Any, Any]:
+        folder = runs_dir / name / "plots" / "val" / "epoch_0"
+        table = json.loads((folder / "top_k_table.json").read_text())
+        sets = {s: [row["index"] for row in table if row["set"] == s] for s in ("top_k", "bottom_k")}
+        counts = json.loads((folder / "confusion_matrix.json").read_text())["counts"]
+        ece = json.loads((folder / "uncertainty.json").read_text())["ece"]
+        return sets, counts, ece
+
+    one, two = outputs("one"), outputs("two")
+    assert two[0] == one[0]
+    assert two[1] == one[1] and sum(map(sum, two[1])) == 101  # every sample counted exactly once
+    assert two[2] == pytest.approx(one[2], abs=1e-6)
+    assert len(list((runs_dir / "two" / "wandb").glob("offline-run-*"))) == 1  # one W&B run for both ranks
+    metrics = [json.loads((runs_dir / n / "metrics.json").read_text()) for n in ("one", "two")]
+    assert metrics[1]["val/acc"] == pytest.approx(metrics[0]["val/acc"], abs=1e-6)
