@@ -1,13 +1,16 @@
 """Run directories: one per run under `runs/`, shared by every process of that run.
 
-runs/20261123-171502-convnet/
-    config.yaml        resolved config (config.<stage>.N.yaml for later stages run in the same dir)
-    split.json         the train/val split, reusable with --data.split_file
-    checkpoints/       best-epochNNN.ckpt and last.ckpt
-    csv/version_0/     metrics.csv: every logged value (CSVLogger); a resumed run adds version_1
-    metrics.json       final validation/test metrics
-    predictions.csv    from `predict`
-    wandb/             the offline W&B run (`wandb sync` uploads it)
+    runs/20261123-171502-convnet/
+        config.yaml        resolved config (config.<stage>.N.yaml for later stages run in the same dir)
+        split.json         the train/val split, reusable with --data.split_file
+        checkpoints/       best-epochNNN.ckpt and last.ckpt
+        csv/version_0/     metrics.csv: every logged value (CSVLogger); a resumed run adds version_1
+        metrics.json       final validation/test metrics
+        plots/             visualizations per stage and epoch (PNG + JSON)
+        predictions.csv    from `predict`
+        wandb/             the offline W&B run (`wandb sync` uploads it)
+
+The folder is named `<timestamp>-<model>` unless --run_name says otherwise.
 """
 
 from __future__ import annotations

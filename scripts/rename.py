@@ -12,7 +12,7 @@ git repository, every file except venv/, runs/, data/, wandb/, build outputs and
 - by file type: the string literal "project" in Python, TOML, JSON, YAML and shell (`"-m", "project"`,
   `summary["project"] == "project"` keeps the subscripted key), YAML values (`project: project` under
   WandbLogger becomes `project: NAME`), setup.cfg name lists (`name = project`,
-  `include = project, project.*`, `packages = project`, `[mypy-project.*]`), command words in Makefile
+  `include = project, project.*`, `files = project`, `[mypy-project.*]`), command words in Makefile
   and shell recipes (`mypy project tests`), and a Markdown title `# project: ...`.
 
 Prose is recognised by context, not by an allow-list: a word "project" that is not in one of the

@@ -620,7 +620,7 @@ def test_renamed_copy_of_this_repository_runs(tmp_path: Path) -> None:
     # No code reference to the old package remains; README lines that still say "project" are prose.
     setup = configparser.ConfigParser()
     setup.read(copy / "setup.cfg")
-    assert setup["metadata"]["name"] == "mynet" and setup["mypy"]["packages"] == "mynet"
+    assert setup["metadata"]["name"] == "mynet" and setup["mypy"]["files"] == "mynet"
     assert setup["options.packages.find"]["include"] == "mynet, mynet.*"
     leftovers = []
     for rel in files:

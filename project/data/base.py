@@ -34,6 +34,8 @@ SPLIT_FILENAME = "split.json"
 
 
 class ClassificationDataModule(pl.LightningDataModule):
+    dataset_class: ClassVar[type[ImageDataset]] = ImageDataset
+    """Builds every split's dataset; a subclass returning richer Examples can be set here."""
     class_names: ClassVar[list[str]]
     image_shape: ClassVar[tuple[int, int, int]]
     """(channels, height, width) of the images the model receives."""
@@ -121,19 +123,20 @@ class ClassificationDataModule(pl.LightningDataModule):
             run_dir = self._run_dir()
             if run_dir is not None and self.trainer is not None and self.trainer.is_global_zero:
                 self.split.save(run_dir / SPLIT_FILENAME)
-            self.datasets["train"] = ImageDataset(
+            make = self.dataset_class
+            self.datasets["train"] = make(
                 images, labels, self._subset(self.split.train), self.train_transform()
             )
-            self.datasets["val"] = ImageDataset(images, labels, self._subset(self.split.val), self.eval_transform())
+            self.datasets["val"] = make(images, labels, self._subset(self.split.val), self.eval_transform())
         if stage in ("test", "predict") and "test" not in self.datasets:
             test = self.load_test()
             if test is None:
                 raise UserError(f"{type(self).__name__} has no test split to {stage} on")
             images, labels = test
             indices = self._subset(list(range(len(images))))
-            self.datasets["test"] = ImageDataset(images, labels, indices, self.eval_transform())
+            self.datasets["test"] = self.dataset_class(images, labels, indices, self.eval_transform())
             # Prediction sees the same images without their labels, as real unlabelled data would be.
-            self.datasets["predict"] = ImageDataset(images, None, indices, self.eval_transform())
+            self.datasets["predict"] = self.dataset_class(images, None, indices, self.eval_transform())
 
     @property
     def has_test_split(self) -> bool:

@@ -90,7 +90,9 @@ class CIFAR10DataModule(ClassificationDataModule):
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(self.download_timeout)
         try:
-            download_and_extract_archive(self.url, str(self.data_dir), filename=CIFAR10.filename, md5=self.md5)
+            download_and_extract_archive(
+                self.url, str(self.data_dir), filename=CIFAR10.filename, md5=self.md5
+            )
         except (urllib.error.URLError, OSError) as e:
             raise UserError(self._missing_message(f"downloading {self.url} failed: {e}")) from None
         except RuntimeError as e:  # torchvision's "File not found or corrupted." after an md5 mismatch
@@ -115,7 +117,9 @@ class CIFAR10DataModule(ClassificationDataModule):
     def _read_batch(self, path: Path) -> tuple[Tensor, Tensor]:
         """One python-format batch file -> uint8 images (N, 3, 32, 32), int64 labels (N,)."""
         if not path.is_file():
-            raise UserError(f"CIFAR-10 file {path} is missing; delete {self.batches_dir}/ and run again to unpack it")
+            raise UserError(
+                f"CIFAR-10 file {path} is missing; delete {self.batches_dir}/ and run again to unpack it"
+            )
         try:
             with open(path, "rb") as f:
                 entry = pickle.load(f, encoding="latin1")
@@ -131,7 +135,9 @@ class CIFAR10DataModule(ClassificationDataModule):
                 f"Delete {self.batches_dir}/ and run again to unpack a fresh copy."
             ) from None
         if labels.min(initial=0) < 0 or labels.max(initial=0) >= self.num_classes:
-            raise UserError(f"CIFAR-10 file {path} has labels outside 0..{self.num_classes - 1}; it is corrupt")
+            raise UserError(
+                f"CIFAR-10 file {path} has labels outside 0..{self.num_classes - 1}; it is corrupt"
+            )
         return torch.from_numpy(images.copy()), torch.from_numpy(labels)
 
     def _read(self, files: list[tuple[str, str]]) -> tuple[Tensor, Tensor]:

@@ -1,7 +1,9 @@
 """`ImageDataset`: an in-memory image tensor seen through a list of indices, yielding `Example`s.
 
     ds = ImageDataset(images, labels, indices=split.val, transform=eval_transform)
-    ds[0]   # Example(image=(C, H, W) float, label=(), index=()) -- index is the position in `images`
+    ds[0]   # Example(image=(C, H, W) float, label=(), index=())
+
+`index` is the sample's position in `images`, so callbacks can find it again.
 """
 
 from __future__ import annotations

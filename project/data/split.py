@@ -1,8 +1,8 @@
 """Seeded train/val splits, saved as JSON so a later run can reuse exactly the same partition.
 
-    split = Split.random(num_samples=50_000, val_fraction=0.1, seed=42)
-    split.save(run_dir / "split.json")
-    same = Split.load(run_dir / "split.json", num_samples=50_000)   # checked against the dataset
+split = Split.random(num_samples=50_000, val_fraction=0.1, seed=42)
+split.save(run_dir / "split.json")
+same = Split.load(run_dir / "split.json", num_samples=50_000)   # checked against the dataset
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class Split:
                 same = False
             if same:
                 return
-            raise UserError(f"{path} already holds a different split; it is left as it is. Use a new run directory.")
+            raise UserError(
+                f"{path} already holds a different split; it is left as it is. Use a new run directory."
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
@@ -78,5 +80,7 @@ class Split:
             )
         indices = split.train + split.val
         if len(set(indices)) != len(indices) or not all(0 <= i < num_samples for i in indices):
-            raise UserError(f"split_file {path} has repeated or out-of-range indices (dataset size {num_samples})")
+            raise UserError(
+                f"split_file {path} has repeated or out-of-range indices (dataset size {num_samples})"
+            )
         return split

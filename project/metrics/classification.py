@@ -8,18 +8,18 @@ resets each epoch when logged as an object::
     self.log_dict(metrics)      # in a LightningModule: {"val/acc": ..., "val/f1": ...}
 
 To add a metric, add it to the dict below (any torchmetrics metric fed by logits and labels), or
-write another MetricCollection with its own `update_from` for metrics that read other fields.
+write an `ExampleMetrics` subclass whose `update_from` reads other fields (see metrics/base.py).
 """
 
 from __future__ import annotations
 
-from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from project.metrics.base import ExampleMetrics
 from project.structs import Example, Prediction
 
 
-class ClassificationMetrics(MetricCollection):
+class ClassificationMetrics(ExampleMetrics):
     def __init__(self, num_classes: int, prefix: str = "") -> None:
         super().__init__(
             {

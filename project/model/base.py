@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from project.errors import UserError
-from project.metrics import ClassificationMetrics
+from project.metrics import ClassificationMetrics, ExampleMetrics
 from project.structs import Example, Loss, Prediction
 
 Stage = Literal["train", "val", "test"]
@@ -94,12 +94,12 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         )
         return Loss({"ce": ce})
 
-    def create_metrics(self, prefix: str) -> ClassificationMetrics:
+    def create_metrics(self, prefix: str) -> ExampleMetrics:
         return ClassificationMetrics(self.num_classes, prefix=prefix)
 
     # ---- the loop, written once ---------------------------------------------------------------
 
-    def _metrics(self, stage: Stage) -> ClassificationMetrics:
+    def _metrics(self, stage: Stage) -> ExampleMetrics:
         return {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[stage]
 
     def _shared_step(self, example: E, stage: Stage) -> tuple[P, Loss]:

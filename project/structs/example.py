@@ -6,8 +6,9 @@ Datasets return one unbatched `Example` per sample; `Example.collate` stacks the
     batch = next(iter(loader))          # Example(image=(32, C, H, W), label=(32,), index=(32,))
 
 Lightning moves the dataclass to the right device as it is: its fields are tensors, which
-`lightning_utilities.apply_to_collection` walks. Add fields here (masks, metadata tensors, ...) and
-`collate` stacks them too; a field that is `None` in any sample is `None` in the batch.
+`lightning_utilities.apply_to_collection` walks. Add fields here, or in a subclass (masks, extra
+targets, ...), and `collate` stacks them too; a field that is `None` in any sample is `None` in the
+batch.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
+
+E = TypeVar("E", bound="Example")
 
 
 @dataclass
@@ -33,16 +36,18 @@ class Example:
     def __len__(self) -> int:
         return self.image.shape[0]
 
-    @classmethod
-    def collate(cls, samples: Sequence[Example]) -> Example:
-        """Stack single-sample Examples into a batch (the DataLoader `collate_fn`)."""
+    @staticmethod
+    def collate(samples: Sequence[E]) -> E:
+        """Stack single-sample Examples into a batch (the DataLoader `collate_fn`). The batch has the
+        samples' own class, so a subclass with extra fields needs no collate of its own."""
         if not samples:
             raise ValueError("Example.collate got no samples")
+        kind = type(samples[0])
         stacked: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
+        for field in dataclasses.fields(kind):
             values = [getattr(sample, field.name) for sample in samples]
             stacked[field.name] = None if any(v is None for v in values) else torch.stack(values)
-        return cls(**stacked)
+        return kind(**stacked)
 
     def pin_memory(self) -> Example:
         """Called by DataLoader(pin_memory=True): pin every tensor field for async host-to-GPU copies."""
