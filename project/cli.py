@@ -16,21 +16,29 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from project.checkpoint_io import check_checkpoint
 from project.data import ClassificationDataModule
 from project.errors import UserError
 from project.model import BaseModel
-from project.run_dir import RUN_DIR_ENV, resolve_run_dir, timestamped_name
+from project.parser import ProjectArgumentParser
+from project.run_dir import RUN_DIR_ENV, Resume, resolve_run_dir, wandb_run_id
+from project.wandb_mode import choose_wandb_mode
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_ARGS = ["fit", "--config", str(CONFIG_DIR / "cifar10.yaml")]
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 DEFAULT_RUNS_ROOT = "runs"
+# --ckpt_path values Lightning resolves itself, rather than file paths.
+LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
 # Model arguments filled in from DataModule attributes: {model argument: data attribute}.
 LINKED = {"num_classes": "num_classes", "in_shape": "image_shape"}
 
@@ -71,6 +79,13 @@ class ProjectCLI(LightningCLI):
             help="Folder under runs/ (default: timestamp-model). With --ckpt_path last: the run to resume.",
         )
         parser.add_argument(
+            "--resume",
+            type=Literal["never", "auto"],
+            default="never",
+            help="auto: continue run --run_name from its last.ckpt if it has one, else start it "
+            "(the same command for a first start and for every restart of a preempted job).",
+        )
+        parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=True,
@@ -79,6 +94,35 @@ class ProjectCLI(LightningCLI):
         # The model's sizes come from the data, so the two cannot disagree (setting them is an error).
         for target, source in LINKED.items():
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path here to take the model's hyperparameters from it. Check the
+        # file first: a truncated, unsafe or other-model checkpoint gets one message, not a traceback.
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config else None
+        if config is None or ckpt_path is None or ckpt_path in LIGHTNING_CKPT_ALIASES:
+            return
+        path = Path(ckpt_path)
+        check_checkpoint(path)
+        safe = config.get("weights_only") is not False
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=safe, mmap=True)
+        except pickle.UnpicklingError as e:
+            reason = str(e).strip().splitlines()[0]
+            raise UserError(
+                f"checkpoint {path} holds objects the safe loader refuses to unpickle ({reason}). "
+                f"Only if you trust where it came from, load it anyway with --weights_only false"
+            ) from None
+        saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
+        wanted = config.model.class_path if config.get("model") else None
+        if saved and wanted and saved != wanted:
+            raise UserError(
+                f"checkpoint {path} holds a {saved}, but the config builds a {wanted}: use the config it was "
+                f"trained with (its run's config.yaml), or --model {saved}"
+            )
+        if safe:
+            super()._parse_ckpt_path()  # Lightning's reader insists on weights_only=True
 
     def instantiate_classes(self) -> None:
         # Values given for linked arguments (by hand, or from a checkpoint's hyperparameters with
@@ -99,13 +143,21 @@ class ProjectCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         model_name = str(config.model.class_path).rsplit(".", 1)[-1].lower()
-        stage = [] if self.subcommand in (None, "fit") else [str(self.subcommand)]
-        default_name = timestamped_name(model_name, *stage)
+        parts = [model_name] + ([] if self.subcommand in (None, "fit") else [str(self.subcommand)])
         root = Path(config.trainer.default_root_dir or DEFAULT_RUNS_ROOT)
-        self.run_dir, _ = resolve_run_dir(
-            root, config.run_name, default_name, resume=config.get("ckpt_path") == "last"
-        )
+        resume: Resume = "never"
+        if config.get("ckpt_path") == "last":
+            resume = "last"
+        elif config.resume == "auto":
+            if config.get("ckpt_path") is not None:
+                raise UserError(
+                    "--resume auto picks the checkpoint itself: drop --ckpt_path, or drop --resume"
+                )
+            resume = "auto"
+        self.run_dir, resuming = resolve_run_dir(root, config.run_name, parts, resume)
         os.environ[RUN_DIR_ENV] = str(self.run_dir)
+        if resume == "auto" and resuming:
+            config.ckpt_path = str(self.run_dir / "checkpoints" / "last.ckpt")
         # The saved config describes the experiment, not this run's identity: without the run's
         # name and a resume's `ckpt_path: last`, it repeats the run in a new directory.
         user_config = config.clone()
@@ -120,8 +172,12 @@ class ProjectCLI(LightningCLI):
                 value = spec.init_args.get(key) if spec.get("init_args") is not None else None
                 if value is not None and not Path(value).is_absolute():
                     spec.init_args[key] = str(self.run_dir / value)
-            if spec.class_path.endswith("WandbLogger") and spec.init_args.get("name") is None:
-                spec.init_args["name"] = self.run_dir.name
+            if spec.class_path.endswith("WandbLogger"):
+                if spec.init_args.get("name") is None:
+                    spec.init_args["name"] = self.run_dir.name
+                # A resumed run logs into the W&B run it started, not a second one.
+                if resuming and spec.init_args.get("id") is None:
+                    spec.init_args["id"] = wandb_run_id(self.run_dir)
 
     def after_fit(self) -> None:
         metrics = self._metrics()
@@ -169,12 +225,24 @@ def _specs(value: Any) -> list[Any]:
     return [item for item in items if hasattr(item, "class_path")]
 
 
+def _user_problem(error: BaseException) -> BaseException | None:
+    """The UserError (or Lightning MisconfigurationException) behind `error`. jsonargparse wraps
+    errors raised in constructors in a union-type error whose message buries the real one."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (UserError, MisconfigurationException)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> ProjectCLI | None:
     """Entry point of `python -m project`; returns the CLI object (for tests) or exits with status 2
     and one clear message on a `UserError`."""
-    args = sys.argv[1:] if args is None else args
+    if args is None and not sys.argv[1:]:
+        args = DEFAULT_ARGS  # plain `python -m project`: the default demo
     # W&B needs no account or server by default; WANDB_MODE=online uploads as the run goes.
-    os.environ.setdefault("WANDB_MODE", "offline")
+    choose_wandb_mode()
     inherited_run_dir = RUN_DIR_ENV in os.environ
     cli: ProjectCLI | None = None
     try:
@@ -185,13 +253,23 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
             subclass_mode_data=True,
             save_config_callback=RunConfigSaver,
             auto_configure_optimizers=False,
+            parser_class=ProjectArgumentParser,
             parser_kwargs={
-                cmd: {"default_config_files": [str(CONFIG_DIR / "defaults.yaml")]} for cmd in SUBCOMMANDS
+                "prog": "python -m project",
+                # No abbreviations: --trainer.max_epoch must be an error, not max_epochs in disguise.
+                "allow_abbrev": False,
+                **{
+                    cmd: {"default_config_files": [str(CONFIG_DIR / "defaults.yaml")], "allow_abbrev": False}
+                    for cmd in SUBCOMMANDS
+                },
             },
-            args=args or DEFAULT_ARGS,
+            args=args,  # None: LightningCLI reads sys.argv itself
         )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, MisconfigurationException) as e:  # the latter: Lightning's word for a bad setting
+        problem = _user_problem(e)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         # Close the W&B run this command started: Lightning's WandbLogger would otherwise reuse a

@@ -7,7 +7,9 @@ for something computed over a validation/test epoch), exported below, then liste
 
 from project.callbacks.base import EpochCallback
 from project.callbacks.confusion import ConfusionMatrix
+from project.callbacks.nonfinite_loss import NonFiniteLossGuard
 from project.callbacks.prediction_writer import PredictionWriter
+from project.callbacks.rng_state import RNGState
 from project.callbacks.top_k import TopKExamples
 from project.callbacks.uncertainty import UncertaintyPlots
 from project.callbacks.visual_log import VisualLog
@@ -15,7 +17,9 @@ from project.callbacks.visual_log import VisualLog
 __all__ = [
     "ConfusionMatrix",
     "EpochCallback",
+    "NonFiniteLossGuard",
     "PredictionWriter",
+    "RNGState",
     "TopKExamples",
     "UncertaintyPlots",
     "VisualLog",

@@ -22,6 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from project.callbacks.visual_log import VisualLog
+from project.errors import UserError
 from project.structs import Example, Prediction
 
 STAGES = ("val", "test")
@@ -37,9 +38,9 @@ class EpochCallback(pl.Callback):
         """
         unknown = set(stages) - set(STAGES)
         if unknown:
-            raise ValueError(f"unknown stages {sorted(unknown)}; choose from {list(STAGES)}")
+            raise UserError(f"unknown stages {sorted(unknown)}; choose from {list(STAGES)}")
         if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be at least 1, got {every_n_epochs}")
+            raise UserError(f"every_n_epochs must be at least 1, got {every_n_epochs}")
         self.stages = tuple(stages)
         self.every_n_epochs = every_n_epochs
 

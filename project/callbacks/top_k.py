@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from project.callbacks.base import EpochCallback
 from project.callbacks.display import caption, class_names, display_images
 from project.callbacks.visual_log import VisualLog
+from project.errors import UserError
 from project.structs import Example, Prediction
 
 
@@ -113,7 +114,7 @@ class TopKExamples(EpochCallback):
         """
         super().__init__(stages, every_n_epochs)
         if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+            raise UserError(f"k must be >= 0, got {k}")
         self.k = k
         self.highest: Ranked | None = None
         self.lowest: Ranked | None = None

@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassCalibrationError
 from project.callbacks.base import EpochCallback
 from project.callbacks.display import num_classes
 from project.callbacks.visual_log import VisualLog, new_figure
+from project.errors import UserError
 from project.structs import Example, Prediction
 
 
@@ -75,7 +76,7 @@ class UncertaintyPlots(EpochCallback):
         """
         super().__init__(stages, every_n_epochs)
         if entropy_bins < 1 or calibration_bins < 1:
-            raise ValueError("entropy_bins and calibration_bins must be at least 1")
+            raise UserError("entropy_bins and calibration_bins must be at least 1")
         self.num_entropy_bins = entropy_bins
         self.num_calibration_bins = calibration_bins
         self.entropy = CatMetric()

@@ -67,13 +67,13 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         """
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+            raise UserError(f"num_classes must be at least 2, got {num_classes}")
         if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
+            raise UserError(f"lr must be positive, got {lr}")
         if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+            raise UserError(f"weight_decay must be >= 0, got {weight_decay}")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters()
         self.num_classes = num_classes
         self.in_shape = tuple(in_shape)
@@ -145,7 +145,7 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
                 params, lr=hp["lr"], momentum=hp["momentum"], nesterov=True, weight_decay=hp["weight_decay"]
             )
         else:
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {hp['optimizer']!r}")
+            raise UserError(f"optimizer must be 'adamw' or 'sgd', got {hp['optimizer']!r}")
         if hp["scheduler"] == "none":
             return optimizer
         # Derived from the Trainer (max_epochs/max_steps, limit_train_batches, accumulation, devices):
@@ -159,7 +159,7 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         elif hp["scheduler"] == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
         else:
-            raise ValueError(f"scheduler must be 'onecycle', 'cosine' or 'none', got {hp['scheduler']!r}")
+            raise UserError(f"scheduler must be 'onecycle', 'cosine' or 'none', got {hp['scheduler']!r}")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:

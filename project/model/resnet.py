@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from project.errors import UserError
 from project.model.base import BaseModel
 from project.structs import Example, Prediction
 
@@ -36,7 +37,7 @@ class CifarResNet(BaseModel[Example, Prediction]):
 
         builders = {18: resnet18, 34: resnet34}
         if depth not in builders:
-            raise ValueError(f"depth must be one of {sorted(builders)}, got {depth}")
+            raise UserError(f"depth must be one of {sorted(builders)}, got {depth}")
         net = builders[depth](weights=None, num_classes=num_classes)
         net.conv1 = nn.Conv2d(in_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()

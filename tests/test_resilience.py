@@ -1,0 +1,297 @@
+"""Runs survive: a killed run resumes to exactly where an unbroken one ends, checkpoints are never
+half-written, and every bad input gets one clear message with nothing already written lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from project.callbacks import RNGState
+from project.checkpoint_io import AtomicCheckpointIO
+from project.cli import main
+from project.model import ConvNet
+from project.structs import Example, Loss, Prediction
+from tests.conftest import CONFIGS, REPO, cli_args
+
+DIGITS = str(CONFIGS / "digits.yaml")
+LIMIT = str(CONFIGS / "debug" / "limit.yaml")
+
+
+def read_wandb_summary_of(offline_run: Path) -> dict[str, object]:
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    command = [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(offline_run)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    summary: dict[str, object] = json.loads(out.stdout)
+    return summary
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = torch.load(checkpoint, weights_only=True)["state_dict"]
+    return state
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- resume --------------------------------------------------------------------------------------
+
+
+def test_rng_state_round_trips_every_generator() -> None:
+    callback = RNGState()
+    state = callback.state_dict()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    callback.load_state_dict(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert (
+        torch.equal(expected[0], again[0])
+        and np.array_equal(expected[1], again[1])
+        and expected[2] == again[2]
+    )
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights_as_an_unbroken_run(runs_dir: Path) -> None:
+    """SIGKILL after an epoch boundary, resume with --ckpt_path last: the final weights are
+    bit-identical (torch.equal) to an uninterrupted run's. On CPU with the random generators saved in
+    the checkpoint (RNGState) and deterministic ops, every step repeats exactly, so no tolerance is
+    needed; a tolerance would hide a lost or repeated batch."""
+    common = ["--config", DIGITS, "--config", LIMIT, "--trainer.max_epochs", "5",
+              "--trainer.deterministic", "true", "--trainer.default_root_dir", str(runs_dir)]  # fmt: skip
+    unbroken = main(["fit", *common, "--run_name", "unbroken"])
+    assert unbroken is not None
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "project", "fit", *common, "--run_name", "killed"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # Its own W&B service, as a real job has: this test's service would outlive the kill and
+        # keep the run's id in use.
+        env={k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
+    )  # fmt: skip
+    last = runs_dir / "killed" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            # AtomicCheckpointIO renames complete files into place: whatever is there can be read.
+            if last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 1:
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = torch.load(last, weights_only=True)["epoch"]
+    assert 1 <= killed_at < 4
+
+    resumed = main(["fit", *common, "--run_name", "killed", "--ckpt_path", "last"])
+    assert resumed is not None and resumed.trainer.current_epoch == 5
+    a, b = weights(runs_dir / "unbroken/checkpoints/last.ckpt"), weights(last)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [json.loads((runs_dir / name / "metrics.json").read_text()) for name in ("unbroken", "killed")]
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss", "best_score"):
+        assert metrics[1][key] == metrics[0][key], key
+    # The W&B run was continued, not duplicated: both parts carry one run id.
+    parts = sorted((runs_dir / "killed" / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2 and len({p.name.rsplit("-", 1)[-1] for p in parts}) == 1
+
+
+def test_resume_auto_starts_a_run_then_continues_it(runs_dir: Path) -> None:
+    args = ["--config", DIGITS, "--config", LIMIT, "--trainer.max_epochs", "3", "--run_name", "job42",
+            "--resume", "auto"]  # fmt: skip
+    first = main(
+        cli_args("fit", *args, "--trainer.callbacks+=tests.test_cli.StopAfterEpochs", runs_dir=runs_dir)
+    )
+    assert first is not None and first.trainer.current_epoch == 2  # "preempted" after 2 of 3 epochs
+    again = main(cli_args("fit", *args, runs_dir=runs_dir))  # the very same command
+    assert again is not None and again.run_dir == first.run_dir
+    assert again.trainer.current_epoch == 3 and again.trainer.global_step == 30
+    # Both parts log into one W&B run: two offline folders, one run id, read back by W&B's own tool.
+    parts = sorted((again.run_dir / "wandb").glob("offline-run-*"))
+    ids = {str(read_wandb_summary_of(part)["run_id"]) for part in parts}
+    assert len(parts) == 2 and len(ids) == 1
+
+
+# ---- checkpoints: atomic writes, bad files -------------------------------------------------------
+
+SAVE_LOOP = """
+import sys, torch
+from project.checkpoint_io import AtomicCheckpointIO
+io = AtomicCheckpointIO()
+for i in range(10_000):
+    io.save_checkpoint({"step": i, "payload": torch.full((16_000_000,), float(i))}, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_save_never_leaves_a_broken_checkpoint(tmp_path: Path) -> None:
+    """Kill a process that rewrites a 64 MB checkpoint in a loop, at several moments after its first
+    save: the file on disk is always a complete checkpoint, and the next save clears the temp file a
+    killed save left behind."""
+    target = tmp_path / "last.ckpt"
+    interrupted = 0
+    for offset in (0.0, 0.07, 0.15, 0.3):
+        target.unlink(missing_ok=True)
+        process = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(target)], cwd=REPO)
+        deadline = time.monotonic() + 120
+        while not target.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(offset)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        checkpoint = torch.load(target, weights_only=True)
+        assert torch.equal(checkpoint["payload"][:3], torch.full((3,), float(checkpoint["step"])))
+        interrupted += len(list(tmp_path.glob(".last.ckpt.*.tmp")))
+    assert interrupted > 0, "no kill landed during a write: the test proved nothing"
+    AtomicCheckpointIO().save_checkpoint({"step": -1}, target)
+    assert not list(tmp_path.glob(".last.ckpt.*.tmp")) and torch.load(target, weights_only=True)["step"] == -1
+
+
+def test_truncated_checkpoint_is_named(
+    runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fit = main(
+        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "base", runs_dir=runs_dir)
+    )
+    assert fit is not None
+    good = runs_dir / "base" / "checkpoints" / "last.ckpt"
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("validate", "--config", DIGITS, "--ckpt_path", str(truncated), runs_dir=runs_dir))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {truncated} is truncated or not a checkpoint" in err and "Traceback" not in err
+
+
+def test_checkpoint_of_another_model_is_refused(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fit = main(
+        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "convnet", runs_dir=runs_dir)
+    )
+    assert fit is not None
+    checkpoint = str(runs_dir / "convnet" / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit):
+        main(cli_args("validate", "--config", DIGITS, "--model", "project.model.CifarResNet",
+                      "--ckpt_path", checkpoint, runs_dir=runs_dir))  # fmt: skip
+    err = capsys.readouterr().err
+    assert "holds a project.model.ConvNet, but the config builds a project.model.CifarResNet" in err
+
+
+def test_checkpoints_load_weights_only_unless_told_otherwise(
+    runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fit = main(
+        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "base", runs_dir=runs_dir)
+    )
+    assert fit is not None
+    checkpoint = torch.load(runs_dir / "base" / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["extra"] = Path("an/object/the/safe/loader/refuses")  # any non-tensor class instance
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save(checkpoint, unsafe)
+    with pytest.raises(SystemExit):
+        main(cli_args("validate", "--config", DIGITS, "--ckpt_path", str(unsafe), runs_dir=runs_dir))
+    err = capsys.readouterr().err
+    assert "the safe loader refuses" in err and "--weights_only false" in err
+    trusted_args = ["validate", "--config", DIGITS, "--ckpt_path", str(unsafe), "--weights_only", "false"]
+    trusted = main(cli_args(*trusted_args, runs_dir=runs_dir))
+    assert trusted is not None and "val/acc" in json.loads((trusted.run_dir / "metrics.json").read_text())
+
+
+# ---- bad values during training -------------------------------------------------------------------
+
+
+class NaNAtStep(ConvNet):
+    """ConvNet whose loss turns NaN at global step 13 (epoch 1, batch 3 with 10 batches an epoch)."""
+
+    def compute_loss(self, example: Example, prediction: Prediction) -> Loss:
+        loss = super().compute_loss(example, prediction)
+        if self.training and self.trainer.global_step == 13:
+            return Loss({"ce": loss.terms["ce"] * float("nan")})
+        return loss
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    runs_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--config", DIGITS, "--config", LIMIT, "--model", "tests.test_resilience.NaNAtStep",
+            "--run_name", "nan", "--trainer.max_epochs", "3"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("fit", *args, runs_dir=runs_dir))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "the training loss is nan at epoch 1, global step 13, batch 3 (dataset indices [" in err
+    last = runs_dir / "nan" / "checkpoints" / "last.ckpt"
+    assert f"the last good checkpoint is {last}" in err and "--trainer.detect_anomaly true" in err
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == 10  # written before the bad step
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--trainer.max_epoch", "3"], "max_epoch is not an option of `fit`; did you mean trainer.max_"),
+        (["--model.init_args.lrr", "3"], "lrr is not an argument of project.model.ConvNet; did you mean lr?"),
+        (["--data.init_args.batch_sise", "3"], "did you mean batch_size?"),
+        (["--data.init_args.batch_size", "abc"], "data.init_args.batch_size: expected int, got 'abc'"),
+        (["--model.init_args.lr", "fast"], "model.init_args.lr: expected float, got 'fast'"),
+        (["--data.init_args.batch_size", "-2"], "batch_size must be at least 1, got -2"),
+        (["--model.init_args.lr", "-0.1"], "lr must be positive, got -0.1"),
+        (["--trainer.max_epochs", "-3"], "`max_epochs` must be a non-negative integer"),
+        (["--model.init_args.optimizer", "adam"], "optimizer: expected one of 'adamw', 'sgd', got 'adam'"),
+    ],
+)  # fmt: skip
+def test_bad_options_get_one_clear_message(
+    runs_dir: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("fit", "--config", DIGITS, *arguments, runs_dir=runs_dir))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert message in line, err
+    assert "Traceback" not in err
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())  # nothing left behind
+
+
+def test_a_typo_in_a_config_file_names_the_key(
+    runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer:\n  max_epoch: 3\n")
+    with pytest.raises(SystemExit):
+        main(cli_args("fit", "--config", DIGITS, "--config", str(typo), runs_dir=runs_dir))
+    assert (
+        "error: trainer.max_epoch is not an option of `fit`; did you mean trainer.max_epochs"
+        in capsys.readouterr().err
+    )
+
+
+def test_wandb_online_without_network_falls_back_to_offline(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    start = time.monotonic()
+    cli = main(
+        cli_args(
+            "fit", "--config", DIGITS, "--config", str(CONFIGS / "debug" / "limit.yaml"), runs_dir=runs_dir
+        )
+    )
+    assert time.monotonic() - start < 60  # a limit run takes ~10 s; W&B's own retries would take minutes
+    assert cli is not None and list((cli.run_dir / "wandb").glob("offline-run-*"))
+    assert "warning: WANDB_MODE=online but" in capsys.readouterr().err
+    assert os.environ["WANDB_MODE"] == "offline"
