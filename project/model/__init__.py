@@ -4,8 +4,16 @@ Add a model: a new file here with a `BaseModel` subclass, exported below, then n
 (`model.class_path: project.model.MyNet`).
 """
 
+from project.model.autoencoder import AutoencoderClassifier, LatentClassifier, ReconstructionPrediction
 from project.model.base import BaseModel
 from project.model.convnet import ConvNet
 from project.model.resnet import CifarResNet
 
-__all__ = ["BaseModel", "CifarResNet", "ConvNet"]
+__all__ = [
+    "AutoencoderClassifier",
+    "BaseModel",
+    "CifarResNet",
+    "ConvNet",
+    "LatentClassifier",
+    "ReconstructionPrediction",
+]

@@ -23,7 +23,7 @@ stores them in the checkpoint, which `load_from_checkpoint` reads back with torc
 from __future__ import annotations
 
 import math
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -32,6 +32,8 @@ from torch.nn import functional as F
 
 from project.errors import UserError
 from project.metrics import ClassificationMetrics, ExampleMetrics
+from project.model.pretrained import PretrainedConfig, load_pretrained
+from project.model.terms import ConfiguredMetrics, LossTermConfig, LossTerms, MetricTermConfig
 from project.structs import Example, Loss, Prediction
 
 Stage = Literal["train", "val", "test"]
@@ -41,6 +43,10 @@ P = TypeVar("P", bound=Prediction)
 
 class BaseModel(pl.LightningModule, Generic[E, P]):
     """Generic over its input `E` and output `P` types, so mypy checks a variant's field use."""
+
+    # The struct types at run time: config-declared losses and metrics check their field names here.
+    example_type: ClassVar[type[Example]] = Example
+    prediction_type: ClassVar[type[Prediction]] = Prediction
 
     def __init__(
         self,
@@ -52,6 +58,9 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         momentum: float = 0.9,
         scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
         label_smoothing: float = 0.0,
+        losses: list[LossTermConfig] | None = None,
+        metrics: list[MetricTermConfig] | None = None,
+        pretrained: list[PretrainedConfig] | None = None,
     ) -> None:
         """
         Args:
@@ -64,6 +73,10 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
             scheduler: "onecycle" (warm-up then anneal), "cosine" (anneal to 0) or "none"; both
                 schedules span the whole run, counted in optimizer steps from the Trainer.
             label_smoothing: cross-entropy label smoothing, 0 to disable.
+            losses: loss terms from the config (see model/terms.py); default: `compute_loss`.
+            metrics: metrics from the config (see model/terms.py); default: `create_metrics`.
+            pretrained: sub-modules to load from earlier runs when fit starts, optionally frozen
+                (see model/pretrained.py).
         """
         super().__init__()
         if num_classes < 2:
@@ -77,6 +90,10 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         self.save_hyperparameters()
         self.num_classes = num_classes
         self.in_shape = tuple(in_shape)
+        self.loss_terms = LossTerms(losses, self.example_type, self.prediction_type) if losses else None
+        self.metric_terms = metrics
+        self.pretrained = list(pretrained or [])
+        self.frozen: list[nn.Module] = []
         # One collection per stage: each accumulates its own epoch. Not a ModuleDict keyed by stage,
         # because "train" would clash with nn.Module.train.
         self.train_metrics = self.create_metrics("train/")
@@ -89,13 +106,40 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         raise NotImplementedError(f"{type(self).__name__} must implement forward(example) -> Prediction")
 
     def compute_loss(self, example: E, prediction: P) -> Loss:
+        if self.loss_terms is not None:
+            return self.loss_terms(example, prediction)
         ce = F.cross_entropy(
             prediction.logits, example.require_label(), label_smoothing=self.hparams["label_smoothing"]
         )
         return Loss({"ce": ce})
 
     def create_metrics(self, prefix: str) -> ExampleMetrics:
+        if self.hparams.get("metrics"):
+            return ConfiguredMetrics(
+                self.hparams["metrics"],
+                self.num_classes,
+                self.example_type,
+                self.prediction_type,
+                prefix=prefix,
+            )
         return ClassificationMetrics(self.num_classes, prefix=prefix)
+
+    # ---- pretrained, frozen sub-modules --------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        # Only when training starts: a resume or a validate/test run restores every weight from its
+        # own checkpoint afterwards, and needs no earlier run on disk.
+        if stage == "fit":
+            for config in self.pretrained:
+                module = load_pretrained(self, config)
+                if config.get("freeze", True):
+                    self.frozen.append(module)
+
+    def train(self, mode: bool = True) -> BaseModel[E, P]:
+        super().train(mode)
+        for module in self.frozen:  # frozen modules keep eval mode: BatchNorm statistics stay put
+            module.eval()
+        return self
 
     # ---- the loop, written once ---------------------------------------------------------------
 
