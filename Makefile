@@ -42,7 +42,7 @@ style:  ## format and auto-fix what ruff can
 	$(PY) -m ruff check --fix .
 
 bench:  ## benchmarks: each prints ratios against a baseline measured in the same run
-	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in benchmarks/[!_]*.py; do echo "== $$script"; (cd benchmarks && ../$(PY) $$(basename $$script)) || exit 1; done
 
 rename:  ## rename the package everywhere: make rename NAME=mynet (on a committed tree)
 	$(PY) scripts/rename.py $(NAME)

@@ -17,26 +17,18 @@ Prints medians and ratios; writes benchmarks/results/callback_overhead.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import quiet, report
 
 from project.callbacks import ConfusionMatrix, TopKExamples, UncertaintyPlots
 from project.data import CIFAR10DataModule, DigitsDataModule
 from project.model import ConvNet
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class EpochTimer(pl.Callback):
@@ -104,9 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    torch.set_num_threads(2)
+    quiet()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         scenarios = [
@@ -130,19 +120,17 @@ def main() -> None:
             rows.append(
                 {"scenario": name, "epoch_s": stat, "ratio": stat["all"] / stat["none"], "times_s": times}
             )
-    print(f"{'scenario':<32} {'epoch, none (s)':>15} {'epoch, all (s)':>15} {'ratio':>7}")
-    for row in rows:
-        none, all_ = row["epoch_s"]["none"], row["epoch_s"]["all"]
-        print(f"{row['scenario']:<32} {none:>15.3f} {all_:>15.3f} {row['ratio']:>7.2f}")
-    print("target: ratio <= 1.05 (digits, every epoch). Medians over epochs; means where every_n_epochs > 1.")
-    RESULTS.mkdir(exist_ok=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}"
-    (RESULTS / "callback_overhead.json").write_text(
-        json.dumps(
-            {"benchmark": "callback_overhead", "machine": machine, "target": 1.05, "rows": rows}, indent=2
-        )
-        + "\n"
-    )
+    table = [
+        {
+            "scenario": row["scenario"],
+            "epoch, none (s)": row["epoch_s"]["none"],
+            "epoch, all (s)": row["epoch_s"]["all"],
+            "ratio": row["ratio"],
+        }
+        for row in rows
+    ]
+    note = "target: ratio <= 1.05 (digits, every epoch). Medians over epochs; means where every_n_epochs > 1."
+    report("callback_overhead", table, ["scenario", "epoch, none (s)", "epoch, all (s)", "ratio"], note=note)
 
 
 if __name__ == "__main__":

@@ -159,14 +159,17 @@ def test_a_kill_during_a_save_never_leaves_a_broken_checkpoint(tmp_path: Path) -
     assert not list(tmp_path.glob(".last.ckpt.*.tmp")) and torch.load(target, weights_only=True)["step"] == -1
 
 
+def short_run(runs_dir: Path, name: str = "base") -> Path:
+    """Fit the digits demo briefly (limit preset) and return its last.ckpt."""
+    fit = main(cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", name, runs_dir=runs_dir))
+    assert fit is not None
+    return runs_dir / name / "checkpoints" / "last.ckpt"
+
+
 def test_truncated_checkpoint_is_named(
     runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fit = main(
-        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "base", runs_dir=runs_dir)
-    )
-    assert fit is not None
-    good = runs_dir / "base" / "checkpoints" / "last.ckpt"
+    good = short_run(runs_dir)
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(SystemExit) as exit_info:
@@ -177,11 +180,7 @@ def test_truncated_checkpoint_is_named(
 
 
 def test_checkpoint_of_another_model_is_refused(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    fit = main(
-        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "convnet", runs_dir=runs_dir)
-    )
-    assert fit is not None
-    checkpoint = str(runs_dir / "convnet" / "checkpoints" / "last.ckpt")
+    checkpoint = str(short_run(runs_dir))
     with pytest.raises(SystemExit):
         main(cli_args("validate", "--config", DIGITS, "--model", "project.model.CifarResNet",
                       "--ckpt_path", checkpoint, runs_dir=runs_dir))  # fmt: skip
@@ -192,11 +191,7 @@ def test_checkpoint_of_another_model_is_refused(runs_dir: Path, capsys: pytest.C
 def test_checkpoints_load_weights_only_unless_told_otherwise(
     runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fit = main(
-        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "base", runs_dir=runs_dir)
-    )
-    assert fit is not None
-    checkpoint = torch.load(runs_dir / "base" / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint = torch.load(short_run(runs_dir), weights_only=True)
     checkpoint["extra"] = Path("an/object/the/safe/loader/refuses")  # any non-tensor class instance
     unsafe = tmp_path / "unsafe.ckpt"
     torch.save(checkpoint, unsafe)

@@ -1,0 +1,119 @@
+"""Wall time to 99 % validation accuracy on digits: our Trainer path against a hand-written loop.
+
+    venv/bin/python benchmarks/time_to_accuracy.py [--repeats 3]
+
+Both train the digits demo model (ConvNet, AdamW, one-cycle over 30 epochs, batch 64) on the same
+DigitsDataModule split from the same seed, validate after every epoch and stop at the first
+validation accuracy >= 0.99. Timed from the first training step to that validation's end; the
+median over repeats, arms alternating. Target: ours <= 1.1 x raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from _common import median, quiet, report
+from torch.nn import functional as F
+
+from project.data import DigitsDataModule
+from project.model import ConvNet
+
+TARGET, MAX_EPOCHS = 0.99, 30
+
+
+def model() -> ConvNet:
+    pl.seed_everything(0, verbose=False)
+    return ConvNet(10, (1, 8, 8), channels=(32, 64), hidden=(128,), lr=0.005, weight_decay=1e-4)
+
+
+def data() -> DigitsDataModule:
+    dm = DigitsDataModule(batch_size=64)
+    dm.setup("fit")
+    return dm
+
+
+def raw() -> tuple[float, int]:
+    net, dm = model(), data()
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.005, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.005, total_steps=MAX_EPOCHS * len(train)
+    )
+    start = time.perf_counter()
+    for epoch in range(MAX_EPOCHS):
+        net.train()
+        for batch in train:
+            loss = F.cross_entropy(net(batch).logits, batch.require_label())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            schedule.step()
+        net.eval()
+        with torch.no_grad():
+            correct = sum(int((net(b).pred == b.require_label()).sum()) for b in val)
+        if correct / len(dm.datasets["val"]) >= TARGET:
+            return time.perf_counter() - start, epoch + 1
+    return float("nan"), MAX_EPOCHS
+
+
+class StopAtTarget(pl.Callback):
+    def __init__(self) -> None:
+        self.start, self.elapsed, self.epochs = 0.0, float("nan"), MAX_EPOCHS
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if float(trainer.callback_metrics.get("val/acc", 0.0)) >= TARGET and not trainer.sanity_checking:
+            self.elapsed, self.epochs = time.perf_counter() - self.start, trainer.current_epoch + 1
+            trainer.should_stop = True
+
+
+def ours() -> tuple[float, int]:
+    stop = StopAtTarget()
+    kwargs: dict[str, Any] = {"logger": False, "enable_progress_bar": False, "enable_checkpointing": False}
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=MAX_EPOCHS,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        callbacks=[stop],
+        **kwargs,
+    )
+    trainer.fit(model(), datamodule=data())
+    return stop.elapsed, stop.epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    quiet()
+    results: dict[str, list[tuple[float, int]]] = {"raw loop": [], "ours (Trainer)": []}
+    for _ in range(args.repeats):
+        results["raw loop"].append(raw())
+        results["ours (Trainer)"].append(ours())
+    base = median([t for t, _ in results["raw loop"]])
+    rows = [
+        {
+            "arm": arm,
+            "median time (s)": median([t for t, _ in runs]),
+            "epochs to 99%": "/".join(str(e) for _, e in runs),
+            "ratio": median([t for t, _ in runs]) / base,
+        }
+        for arm, runs in results.items()
+    ]
+    report(
+        "time_to_accuracy",
+        rows,
+        ["arm", "median time (s)", "epochs to 99%", "ratio"],
+        note="digits, ConvNet, AdamW one-cycle, batch 64; target: ours <= 1.1 x raw",
+    )
+
+
+if __name__ == "__main__":
+    main()
