@@ -7,6 +7,13 @@ below, and point a config at it (`data.class_path: project.data.MyData`).
 from project.data.base import ClassificationDataModule
 from project.data.cifar10 import CIFAR10DataModule
 from project.data.digits import DigitsDataModule
+from project.data.gpu_cifar10 import DeviceCIFAR10DataModule
 from project.data.split import Split
 
-__all__ = ["CIFAR10DataModule", "ClassificationDataModule", "DigitsDataModule", "Split"]
+__all__ = [
+    "CIFAR10DataModule",
+    "ClassificationDataModule",
+    "DeviceCIFAR10DataModule",
+    "DigitsDataModule",
+    "Split",
+]

@@ -7,6 +7,7 @@ Add a model: a new file here with a `BaseModel` subclass, exported below, then n
 from project.model.autoencoder import AutoencoderClassifier, LatentClassifier, ReconstructionPrediction
 from project.model.base import BaseModel
 from project.model.convnet import ConvNet
+from project.model.fast_cifar import FastCifarNet
 from project.model.resnet import CifarResNet
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "BaseModel",
     "CifarResNet",
     "ConvNet",
+    "FastCifarNet",
     "LatentClassifier",
     "ReconstructionPrediction",
 ]

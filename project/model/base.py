@@ -151,10 +151,16 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         loss = self.compute_loss(example, prediction)
         metrics = self._metrics(stage)
         metrics.update_from(example, prediction)
-        on_step = stage == "train"
-        # sync_dist reduces the epoch means across DDP ranks once, at epoch end.
+        training = stage == "train"
+        # Validation/test loss means are reduced across DDP ranks once, at epoch end. Training losses
+        # are logged every step, and syncing those would add a collective to every step: they stay
+        # per rank (rank 0's are what the loggers show).
         self.log_dict(
-            loss.log_dict(stage), on_step=on_step, on_epoch=True, batch_size=len(example), sync_dist=True
+            loss.log_dict(stage),
+            on_step=training,
+            on_epoch=True,
+            batch_size=len(example),
+            sync_dist=not training,
         )
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(example))
         return prediction, loss
