@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from project.model import BaseModel, CifarResNet, ConvNet
+from project.model import BaseModel, CifarResNet, ConvNet, FastCifarNet
 from project.structs import Example, Loss, Prediction
 
 VARIANTS: list[tuple[type[BaseModel[Any, Any]], dict[str, Any], tuple[int, int, int]]] = [
@@ -18,6 +18,7 @@ VARIANTS: list[tuple[type[BaseModel[Any, Any]], dict[str, Any], tuple[int, int, 
     (ConvNet, {"channels": (8, 16, 32), "hidden": (32, 16)}, (3, 32, 32)),
     (ConvNet, {"channels": (4,)}, (3, 5, 7)),  # odd sizes
     (CifarResNet, {}, (3, 32, 32)),
+    (FastCifarNet, {"widths": (8, 16, 16), "logit_scale": 1.0, "label_smoothing": 0.2}, (3, 32, 32)),
 ]
 
 
