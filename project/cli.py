@@ -76,7 +76,8 @@ class ProjectCLI(LightningCLI):
             "--run_name",
             type=str | None,
             default=None,
-            help="Folder under runs/ (default: timestamp-model). With --ckpt_path last: the run to resume.",
+            help="Folder under runs/ (default: timestamp-model). With --ckpt_path last or --resume auto: "
+            "the run to continue.",
         )
         parser.add_argument(
             "--resume",
