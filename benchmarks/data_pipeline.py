@@ -12,7 +12,6 @@ arms alternating; images per second, median of repeats. Target: ours >= 1.0 x ba
 from __future__ import annotations
 
 import argparse
-import hashlib
 import tempfile
 import time
 from collections.abc import Iterable
@@ -25,22 +24,18 @@ from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
 from project.data import CIFAR10DataModule
-from tests.cifar10_files import write_cifar10
+from tests.cifar10_files import md5sum, write_cifar10
 
 BATCH = 128
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def baseline_loader(root: Path, workers: int) -> DataLoader[tuple[torch.Tensor, int]]:
     folder = root / CIFAR10.base_folder
 
     class Generated(CIFAR10):  # torchvision checks the real files' md5s; these are generated
-        train_list = [[name, md5(folder / name)] for name, _ in CIFAR10.train_list]
-        test_list = [[name, md5(folder / name)] for name, _ in CIFAR10.test_list]
-        meta = {**CIFAR10.meta, "md5": md5(folder / CIFAR10.meta["filename"])}
+        train_list = [[name, md5sum(folder / name)] for name, _ in CIFAR10.train_list]
+        test_list = [[name, md5sum(folder / name)] for name, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": md5sum(folder / CIFAR10.meta["filename"])}
 
     transform = v2.Compose(
         [

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +46,32 @@ def cli_args(*args: str, runs_dir: Path) -> list[str]:
 def only_run_dir(runs_dir: Path) -> Path:
     (run_dir,) = [p for p in runs_dir.iterdir() if p.is_dir()]
     return run_dir
+
+
+def unused_port() -> int:
+    """A local port nobody listens on (connecting is refused at once), free for a server to bind."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def own_wandb_service() -> dict[str, str]:
+    """The environment for a subprocess with a W&B service of its own, as a real job has. wandb exports
+    WANDB_SERVICE, so children would otherwise share this test process's service (which outlives a
+    killed child and keeps its run id in use)."""
+    return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+
+
+def read_offline_run(offline_run: Path) -> dict[str, object]:
+    """Read an offline W&B run folder back with W&B's own tool, as a user would inspect it."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    command = [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(offline_run)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    summary: dict[str, object] = json.loads(out.stdout)
+    return summary
+
+
+def read_wandb_summary(run_dir: Path) -> dict[str, object]:
+    """The summary of the one offline W&B run in a run directory."""
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    return read_offline_run(offline_run)

@@ -25,8 +25,7 @@ from project.cli import main
 from project.data import DigitsDataModule
 from project.model import ConvNet
 from project.structs import Example, Prediction
-from tests.conftest import CONFIGS, REPO, cli_args
-from tests.test_cli import read_wandb_summary
+from tests.conftest import CONFIGS, REPO, cli_args, read_wandb_summary
 
 DIGITS = str(CONFIGS / "digits.yaml")
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import pickle
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from tests.cifar10_files import (
     pack_archive,
     write_cifar10,
 )
+from tests.conftest import unused_port
 
 PER_BATCH = 12  # 5 x 12 = 60 pool samples: 48 train / 12 val at val_fraction 0.2
 TEST_SIZE = 10
@@ -88,10 +88,7 @@ def archive_url(archive: Path) -> Iterator[str]:
 @pytest.fixture
 def dead_url() -> str:
     """A URL on a local port nobody listens on: connecting is refused at once."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/{ARCHIVE_NAME}"
+    return f"http://127.0.0.1:{unused_port()}/{ARCHIVE_NAME}"
 
 
 def make_dm(data_dir: Path, **kwargs: object) -> CIFAR10DataModule:

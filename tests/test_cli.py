@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,10 @@ import yaml
 
 from project.cli import DEFAULT_ARGS, main
 from project.data import DigitsDataModule
-from tests.conftest import CONFIGS, REPO, cli_args, only_run_dir
+from tests.conftest import CONFIGS, REPO, cli_args, only_run_dir, read_wandb_summary, unused_port
 
 DIGITS = str(CONFIGS / "digits.yaml")
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")  # 10 train batches x 2 epochs: a few seconds
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_module(
@@ -40,21 +33,6 @@ def run_module(
         text=True,
         timeout=300,
     )
-
-
-def read_wandb_summary(run_dir: Path) -> dict[str, object]:
-    """Read an offline W&B run back with W&B's own tool, as a user would inspect it."""
-    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
-    wandb_cli = Path(sys.executable).with_name("wandb")
-    out = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(offline_run)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    summary: dict[str, object] = json.loads(out.stdout)
-    return summary
 
 
 def test_no_arguments_means_the_cifar10_demo() -> None:
@@ -224,7 +202,7 @@ def test_default_demo_without_network_fails_fast_and_clearly(tmp_path: Path) -> 
     # https_proxy points urllib at a closed local port: the download fails as it would offline,
     # and a machine that does have network cannot start a 163 MB download from this test.
     start = time.monotonic()
-    result = run_module(cwd=tmp_path, env={"https_proxy": f"http://127.0.0.1:{closed_port()}"})
+    result = run_module(cwd=tmp_path, env={"https_proxy": f"http://127.0.0.1:{unused_port()}"})
     elapsed = time.monotonic() - start
     assert result.returncode == 2
     assert elapsed < 30

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from project.cli import main
 from project.data import DigitsDataModule
 from project.errors import UserError
 from project.run_dir import resolve_run_dir
-from tests.conftest import CONFIGS, REPO, cli_args
+from tests.conftest import CONFIGS, REPO, cli_args, own_wandb_service, unused_port
 
 DIGITS = str(CONFIGS / "digits.yaml")
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
@@ -50,17 +49,6 @@ class CountingDigits(DigitsDataModule):
         assert self.trainer is not None
         with open(Path(self.trainer.default_root_dir) / "prepare_data.log", "a") as log:
             log.write(f"{os.getpid()}\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def own_wandb_service() -> dict[str, str]:
-    # Each job gets its own W&B service, as on a real machine; not the one of this test process.
-    return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
 
 
 def records(run_dir: Path, world_size: int) -> list[dict[str, object]]:
@@ -102,7 +90,7 @@ def test_two_torchrun_nodes_on_loopback_train_together(runs_dir: Path) -> None:
     """Two torchrun launches (--nnodes 2, one process each) meet at 127.0.0.1 and train one model.
     No --run_name: both name the run after the shared rendezvous id."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    port = str(free_port())
+    port = str(unused_port())
     processes = [
         subprocess.Popen(
             [

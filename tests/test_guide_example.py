@@ -9,9 +9,8 @@ import torch
 
 from project.cli import main
 from project.data import DigitsDataModule
-from tests.conftest import CONFIGS, REPO, cli_args
+from tests.conftest import CONFIGS, REPO, cli_args, read_wandb_summary
 from tests.guide_example import ParityDigits, ParityExample, TwoHeadNet, TwoHeadPrediction
-from tests.test_cli import read_wandb_summary
 
 GUIDE_CONFIG = str(REPO / "tests" / "guide_example.yaml")
 

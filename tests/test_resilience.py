@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,29 +21,15 @@ from project.checkpoint_io import AtomicCheckpointIO
 from project.cli import main
 from project.model import ConvNet
 from project.structs import Example, Loss, Prediction
-from tests.conftest import CONFIGS, REPO, cli_args
+from tests.conftest import CONFIGS, REPO, cli_args, own_wandb_service, read_offline_run, unused_port
 
 DIGITS = str(CONFIGS / "digits.yaml")
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
 
 
-def read_wandb_summary_of(offline_run: Path) -> dict[str, object]:
-    wandb_cli = Path(sys.executable).with_name("wandb")
-    command = [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(offline_run)]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-    summary: dict[str, object] = json.loads(out.stdout)
-    return summary
-
-
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = torch.load(checkpoint, weights_only=True)["state_dict"]
     return state
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---- resume --------------------------------------------------------------------------------------
@@ -77,9 +62,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_unbroken_run(runs_dir: Pat
     process = subprocess.Popen(
         [sys.executable, "-m", "project", "fit", *common, "--run_name", "killed"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        # Its own W&B service, as a real job has: this test's service would outlive the kill and
-        # keep the run's id in use.
-        env={k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
+        env=own_wandb_service(),
     )  # fmt: skip
     last = runs_dir / "killed" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
@@ -120,7 +103,7 @@ def test_resume_auto_starts_a_run_then_continues_it(runs_dir: Path) -> None:
     assert again.trainer.current_epoch == 3 and again.trainer.global_step == 30
     # Both parts log into one W&B run: two offline folders, one run id, read back by W&B's own tool.
     parts = sorted((again.run_dir / "wandb").glob("offline-run-*"))
-    ids = {str(read_wandb_summary_of(part)["run_id"]) for part in parts}
+    ids = {str(read_offline_run(part)["run_id"]) for part in parts}
     assert len(parts) == 2 and len(ids) == 1
 
 
@@ -279,7 +262,7 @@ def test_wandb_online_without_network_falls_back_to_offline(
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{unused_port()}")
     start = time.monotonic()
     cli = main(
         cli_args(

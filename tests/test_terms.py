@@ -14,8 +14,7 @@ from project.errors import UserError
 from project.model import AutoencoderClassifier, LatentClassifier, ReconstructionPrediction
 from project.model.pretrained import checkpoint_file
 from project.structs import Example
-from tests.conftest import CONFIGS, cli_args
-from tests.test_cli import read_wandb_summary
+from tests.conftest import CONFIGS, cli_args, read_wandb_summary
 
 AE = str(CONFIGS / "digits_ae.yaml")
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
