@@ -95,7 +95,7 @@ def test_fit_on_digits_end_to_end(tmp_path: Path) -> None:
     logged = summary["summary"]
     assert isinstance(logged, dict)
     assert logged["val/acc"] == pytest.approx(metrics["val/acc"], abs=1e-6)
-    assert {"train/loss/ce_epoch", "val/f1", "test/acc"} <= set(logged)
+    assert {"train/loss_epoch", "train/acc", "val/f1", "test/acc"} <= set(logged)
 
 
 class StopAfterEpochs(pl.Callback):

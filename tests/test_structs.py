@@ -91,6 +91,9 @@ def test_loss_total_weights_and_log_dict() -> None:
     logged = loss.log_dict("train")
     assert set(logged) == {"train/loss", "train/loss/ce", "train/loss/mse"}
     assert logged["train/loss/mse"].item() == 3.0  # terms are logged unweighted
+    assert set(Loss({"ce": torch.tensor(2.0)}).log_dict("val")) == {"val/loss"}  # the total is the term
+    weighted = Loss({"ce": torch.tensor(2.0)}, weights={"ce": 0.5}).log_dict("val")
+    assert {k: v.item() for k, v in weighted.items()} == {"val/loss": 1.0, "val/loss/ce": 2.0}
 
 
 def test_loss_total_backpropagates_weighted_gradients() -> None:

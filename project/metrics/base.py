@@ -1,7 +1,7 @@
 """`ExampleMetrics`: a torchmetrics `MetricCollection` that BaseModel feeds with whole structs.
 
-BaseModel calls `update_from(example, prediction)` at every step and logs the collection, so
-torchmetrics syncs it across DDP ranks and resets it every epoch. A subclass routes the fields each
+BaseModel calls `update_from(example, prediction)` at every step, and at each epoch's end logs
+`compute()` (synced across DDP ranks by torchmetrics) and resets. A subclass routes the fields each
 metric needs::
 
     class ParityMetrics(ExampleMetrics):

@@ -1,11 +1,10 @@
 """The classification metrics every stage logs: top-1 accuracy and macro F1.
 
-`ClassificationMetrics` is a torchmetrics `MetricCollection`, so it syncs across DDP ranks and
-resets each epoch when logged as an object::
+`ClassificationMetrics` is a torchmetrics `MetricCollection`: `compute()` syncs it across DDP ranks::
 
     metrics = ClassificationMetrics(num_classes=10, prefix="val/")
-    metrics.update_from(example, prediction)
-    self.log_dict(metrics)      # in a LightningModule: {"val/acc": ..., "val/f1": ...}
+    metrics.update_from(example, prediction)     # every step
+    metrics.compute()                            # at epoch end: {"val/acc": ..., "val/f1": ...}
 
 To add a metric, add it to the dict below (any torchmetrics metric fed by logits and labels), or
 write an `ExampleMetrics` subclass whose `update_from` reads other fields (see metrics/base.py).

@@ -3,6 +3,7 @@
     loss = Loss({"ce": ce, "mse": mse}, weights={"mse": 0.1})   # unweighted terms count 1.0
     loss.total                      # ce + 0.1 * mse
     loss.log_dict("train")          # {"train/loss": total, "train/loss/ce": ce, "train/loss/mse": mse}
+    Loss({"ce": ce}).log_dict("train")   # {"train/loss": ce}: one unweighted term is the total
 
 Terms are logged unweighted, so changing a weight does not change how a term's curve reads.
 """
@@ -42,5 +43,9 @@ class Loss:
         return total
 
     def log_dict(self, stage: str) -> dict[str, Tensor]:
-        """Flat metric names for `LightningModule.log_dict`: the total and every unweighted term."""
-        return {f"{stage}/loss": self.total} | {f"{stage}/loss/{k}": v for k, v in self.terms.items()}
+        """Flat metric names for `LightningModule.log_dict`: the total and every unweighted term, or
+        the total alone when it is a single term of weight 1 (the same curve twice costs a log call)."""
+        total = {f"{stage}/loss": self.total}
+        if len(self.terms) == 1 and self.weight(next(iter(self.terms))) == 1.0:
+            return total
+        return total | {f"{stage}/loss/{k}": v for k, v in self.terms.items()}
