@@ -98,6 +98,14 @@ def whiten(stem: nn.Conv2d, images: Tensor, eps: float = 5e-4) -> None:
     stem.weight.copy_(torch.cat([filters, -filters]).reshape(stem.weight.shape))
 
 
+def half_except_batchnorm(net: nn.Module) -> None:
+    """fp16 weights, as airbench94 trains, but BatchNorm's parameters and statistics stay fp32."""
+    net.half()
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.float()
+
+
 def augment(images: Tensor, pad: int, generator: torch.Generator) -> Tensor:
     """The whole set at once: a random horizontal flip, then a random translation by up to `pad` px."""
     n, device = len(images), images.device
@@ -125,9 +133,7 @@ def raw(train: tuple[Tensor, Tensor], args: argparse.Namespace, hp: dict[str, An
     labels = train[1].to(device)
     whiten(net[0], images[:5000])
     if half:
-        for module in net.modules():
-            if not isinstance(module, nn.BatchNorm2d):
-                module.half()
+        half_except_batchnorm(net)
         images = images.half()
     images = images.contiguous(memory_format=torch.channels_last)
     steps_per_epoch = len(images) // args.batch_size

@@ -70,6 +70,9 @@ def test_baseline_net_and_whitening(bench: ModuleType) -> None:
     assert not net[0].weight.requires_grad and net[0].bias.requires_grad  # stem frozen, its bias trains
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(norms) == 6 and all(not m.weight.requires_grad and m.bias.requires_grad for m in norms)
+    bench.half_except_batchnorm(net)  # what the GPU run does
+    assert net[0].weight.dtype == net[-2].weight.dtype == torch.float16
+    assert all(m.weight.dtype == m.running_var.dtype == torch.float32 for m in norms)
 
 
 def test_cpu_smoke_run_measures_all_three_arms(bench: ModuleType, tmp_path: Path) -> None:
