@@ -11,8 +11,9 @@ A variant subclasses it and overrides what differs, usually only `__init__` (its
         def forward(self, example: Example) -> Prediction:
             return Prediction(logits=self.net(example.image))
 
-Override `compute_loss` for another objective (it returns a `Loss` of named, weighted terms; each
-term is logged) and `create_metrics` for other metrics. `num_classes` and `in_shape` are filled in
+Override `compute_loss` for another objective (it returns a `Loss` of named, weighted terms: the
+total is logged every step, and each term too when there are several) and `create_metrics` for
+other metrics (updated every step, logged once per epoch). `num_classes` and `in_shape` are filled in
 from the DataModule by the CLI, so model and data cannot disagree.
 
 Every constructor argument must be a plain value (number, string, tuple): `save_hyperparameters`
