@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
@@ -15,15 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from project.model.components import (
-    MLP,
-    ConvDecoder1d,
-    ConvDecoder2d,
-    ConvEncoder1d,
-    ConvEncoder2d,
-    ResidualStack,
-    TransformerEncoder,
-)
+from project.model.components import MLP, ConvDecoder2d, ConvEncoder2d
 from project.model.components.layers import MIN_NORM_VALUES
 from project.model.components.shapes import (
     conv_out_size,
@@ -32,7 +23,6 @@ from project.model.components.shapes import (
     plan_down,
     plan_up,
 )
-from project.model.components.transformer import sinusoidal_positions
 
 # Not 2: BatchNorm over 2 values outputs -1 and +1 whatever they are, so no gradient would reach the
 # input of a layer normalized on 1x1 maps.
@@ -46,17 +36,15 @@ channel_counts = st.integers(1, 16)
 norm_activation = st.sampled_from(
     [("batch", "relu"), ("batch", "tanh"), ("group", "relu"), ("group", "silu"), ("none", "gelu")]
 )
-ENCODERS: dict[int, type[nn.Module]] = {1: ConvEncoder1d, 2: ConvEncoder2d}
-DECODERS: dict[int, type[nn.Module]] = {1: ConvDecoder1d, 2: ConvDecoder2d}
 
 
 def assert_exact_and_differentiable(
-    module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...], **forward: Any
+    module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
 ) -> None:
     """`module` maps a (BATCH, *in_shape) input to exactly (BATCH, *out_shape), and the sum of its output
     sends a finite gradient to every parameter and a non-zero one to the input."""
     x = torch.randn(BATCH, *in_shape, requires_grad=True)
-    y = module(x, **forward)
+    y = module(x)
     assert tuple(y.shape) == (BATCH, *out_shape)
     y.sum().backward()
     for name, parameter in module.named_parameters():
@@ -72,9 +60,9 @@ def size_up_to(most: int) -> st.SearchStrategy[int]:
 
 
 @st.composite
-def shrinking_shapes(draw: st.DrawFn, dims: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(C, *big), (C', *small): every small size at most its big one, channels either way."""
-    big = tuple(draw(size_up_to(64)) for _ in range(dims))
+def shrinking_shapes(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(C, H, W), (C', H', W'): every small size at most its big one, channels either way."""
+    big = (draw(size_up_to(64)), draw(size_up_to(64)))
     small = tuple(draw(size_up_to(b)) for b in big)
     return (draw(channel_counts), *big), (draw(channel_counts), *small)
 
@@ -145,32 +133,30 @@ def test_geometric_channels_run_from_in_to_exactly_out(c_in: int, c_out: int, la
 # ---- the conv builders -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dims", [1, 2])
 @FAST
-@given(data=st.data(), norm_act=norm_activation)
+@given(shapes=shrinking_shapes(), norm_act=norm_activation)
 def test_conv_encoder_lands_exactly_and_passes_gradients(
-    dims: int, data: st.DataObject, norm_act: tuple[str, str]
+    shapes: tuple[tuple[int, ...], ...], norm_act: tuple[str, str]
 ) -> None:
-    in_shape, out_shape = data.draw(shrinking_shapes(dims))
+    in_shape, out_shape = shapes
     norm, act = norm_act
     # Group norm needs 4 values per group; smaller layers are refused (tested below).
     assume(norm != "group" or min(in_shape[0], out_shape[0]) * math.prod(out_shape[1:]) >= MIN_NORM_VALUES)
     torch.manual_seed(0)
-    encoder = ENCODERS[dims](in_shape, out_shape, norm=norm, activation=act)
+    encoder = ConvEncoder2d(in_shape, out_shape, norm=norm, activation=act)  # type: ignore[arg-type]
     assert_exact_and_differentiable(encoder, in_shape, out_shape)
 
 
-@pytest.mark.parametrize("dims", [1, 2])
 @FAST
-@given(data=st.data(), norm_act=norm_activation)
+@given(shapes=shrinking_shapes(), norm_act=norm_activation)
 def test_conv_decoder_lands_exactly_and_passes_gradients(
-    dims: int, data: st.DataObject, norm_act: tuple[str, str]
+    shapes: tuple[tuple[int, ...], ...], norm_act: tuple[str, str]
 ) -> None:
-    out_shape, in_shape = data.draw(shrinking_shapes(dims))
+    out_shape, in_shape = shapes
     norm, act = norm_act
     assume(norm != "group" or min(in_shape[0], out_shape[0]) * math.prod(in_shape[1:]) >= MIN_NORM_VALUES)
     torch.manual_seed(0)
-    decoder = DECODERS[dims](in_shape, out_shape, norm=norm, activation=act)
+    decoder = ConvDecoder2d(in_shape, out_shape, norm=norm, activation=act)  # type: ignore[arg-type]
     assert_exact_and_differentiable(decoder, in_shape, out_shape)
 
 
@@ -194,7 +180,7 @@ def test_named_shapes_encode_and_decode_exactly(
 
 
 @FAST
-@given(shrinking_shapes(2))
+@given(shrinking_shapes())
 def test_encoder_then_mirrored_decoder_round_trips_the_shape(shapes: tuple[tuple[int, ...], ...]) -> None:
     big, small = shapes
     encoder, decoder = ConvEncoder2d(big, small, norm="none"), ConvDecoder2d(small, big, norm="none")  # type: ignore[arg-type]
@@ -226,7 +212,7 @@ def test_the_plan_is_as_documented() -> None:
     assert upsampled.plan[0].upsample_to == (8, 5) and isinstance(upsampled.layers[0], nn.Upsample)
 
 
-# ---- MLP, residual stack, transformer ---------------------------------------------------------------
+# ---- MLP ---------------------------------------------------------------------------------------------
 
 
 @FAST
@@ -262,91 +248,6 @@ def test_mlp_layer_order_and_dropout() -> None:
     ]
 
 
-@FAST
-@given(
-    dims=st.sampled_from([1, 2]),
-    channels=channel_counts,
-    depth=st.integers(1, 3),
-    kernel_size=st.sampled_from([1, 3, 5]),
-    spatial=st.lists(size_up_to(32), min_size=2, max_size=2),
-    norm_act=norm_activation,
-)
-def test_residual_stack_keeps_the_shape_and_passes_gradients(
-    dims: int, channels: int, depth: int, kernel_size: int, spatial: list[int], norm_act: tuple[str, str]
-) -> None:
-    norm, act = norm_act
-    torch.manual_seed(0)
-    stack = ResidualStack(channels, depth, dims, kernel_size, norm=norm, activation=act)  # type: ignore[arg-type]
-    shape = (channels, *spatial[:dims])
-    assert_exact_and_differentiable(stack, shape, shape)
-
-
-@FAST
-@given(
-    in_features=channel_counts,
-    out_features=channel_counts,
-    heads=st.integers(1, 4),
-    head_features=st.integers(1, 8),
-    layers=st.integers(1, 2),
-    length=st.integers(1, 12),
-    pool=st.sampled_from(["none", "mean", "cls"]),
-    positional=st.sampled_from(["learned", "sinusoidal", "none"]),
-    masked=st.booleans(),
-    data=st.data(),
-)
-def test_transformer_lands_exactly_and_passes_gradients(
-    in_features: int,
-    out_features: int,
-    heads: int,
-    head_features: int,
-    layers: int,
-    length: int,
-    pool: str,
-    positional: str,
-    masked: bool,
-    data: st.DataObject,
-) -> None:
-    assume(heads * head_features >= MIN_NORM_VALUES)  # smaller widths are refused (tested below)
-    torch.manual_seed(0)
-    encoder = TransformerEncoder(
-        in_features,
-        out_features,
-        d_model=heads * head_features,
-        heads=heads,
-        layers=layers,
-        dropout=0.0,
-        pool=pool,  # type: ignore[arg-type]
-        positional=positional,  # type: ignore[arg-type]
-        max_len=12,
-    )
-    forward: dict[str, Any] = {}
-    if masked:  # each sequence keeps at least one real token
-        lengths = torch.tensor(data.draw(st.lists(st.integers(1, length), min_size=BATCH, max_size=BATCH)))
-        forward["padding_mask"] = torch.arange(length) >= lengths[:, None]
-    out_shape = (length, out_features) if pool == "none" else (out_features,)
-    assert_exact_and_differentiable(encoder, (length, in_features), out_shape, **forward)
-
-
-@pytest.mark.parametrize("pool", ["mean", "cls"])
-def test_transformer_ignores_padding(pool: str) -> None:
-    torch.manual_seed(0)
-    encoder = TransformerEncoder(5, 3, d_model=16, heads=4, dropout=0.0, pool=pool).eval()  # type: ignore[arg-type]
-    x = torch.randn(1, 9, 5)
-    padded = torch.cat((x, torch.randn(1, 4, 5)), dim=1)  # 4 junk tokens, masked out
-    mask = torch.arange(13)[None] >= 9
-    with torch.no_grad():
-        torch.testing.assert_close(encoder(padded, padding_mask=mask), encoder(x), atol=1e-5, rtol=1e-5)
-
-
-def test_sinusoidal_positions_follow_the_formula_at_any_length() -> None:
-    pe = sinusoidal_positions(1000, 7, torch.device("cpu"), torch.float64)  # odd width, no length cap
-    assert pe.shape == (1000, 7)
-    for position, i in [(0, 0), (5, 1), (999, 2)]:
-        angle = position / 10000 ** (2 * i / 7)
-        assert pe[position, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
-        assert pe[position, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
-
-
 # ---- errors: what is wrong and how to fix it ---------------------------------------------------------
 
 
@@ -363,8 +264,6 @@ def test_sinusoidal_positions_follow_the_formula_at_any_length() -> None:
             "ConvDecoder2d can only grow or keep the spatial size, but out_shape (3, 8, 16) is smaller than "
             "in_shape (3, 16, 16) (height 8 < 16): use ConvEncoder2d to downsample",
         ),
-        (lambda: ConvEncoder1d((2, 10), (2, 11)), "length 11 > 10): use ConvDecoder1d to upsample"),
-        (lambda: ConvDecoder1d((2, 11), (2, 10)), "length 10 < 11): use ConvEncoder1d to downsample"),
         (
             lambda: ConvEncoder2d((3, 8, 8), (3, 16, 4)),
             "chain a ConvEncoder2d and a ConvDecoder2d to shrink one dimension and grow another",
@@ -374,7 +273,6 @@ def test_sinusoidal_positions_follow_the_formula_at_any_length() -> None:
             "ConvEncoder2d: in_shape must be 3 positive ints (channels, height, width), got (3, 0, 8)",
         ),
         (lambda: ConvDecoder2d((3, 4, 4), (-1, 8, 8)), "ConvDecoder2d: out_shape must be 3 positive ints"),
-        (lambda: ConvEncoder1d((3, 8, 8), (3, 4)), "in_shape must be 2 positive ints (channels, length)"),  # type: ignore[arg-type]
         (lambda: ConvEncoder2d((True, 8, 8), (3, 4, 4)), "in_shape must be 3 positive ints"),
         (
             lambda: ConvEncoder2d((3, 8, 8), (3, 4, 4), norm="bn"),  # type: ignore[arg-type]
@@ -393,30 +291,6 @@ def test_sinusoidal_positions_follow_the_formula_at_any_length() -> None:
             lambda: MLP(3, 2, hidden=(8, 2), norm="layer"),
             "MLP: norm='layer' needs hidden widths of at least 4",
         ),
-        (lambda: ResidualStack(0, 2), "ResidualStack: channels must be a positive int, got 0"),
-        (lambda: ResidualStack(4, 0), "ResidualStack: depth must be a positive int, got 0"),
-        (
-            lambda: ResidualStack(4, 2, dims=3),
-            "ResidualStack: dims must be 1 (sequences) or 2 (images), got 3",
-        ),
-        (
-            lambda: ResidualStack(4, 2, kernel_size=4),
-            "kernel_size must be odd so that the size is kept, got 4: use 3 or 5",
-        ),
-        (
-            lambda: TransformerEncoder(4, 4, d_model=30, heads=4),
-            "TransformerEncoder: d_model (30) must be divisible by heads (4), since each head gets "
-            "d_model / heads features: use d_model=32, or heads in [1, 2, 3, 5, 6]",
-        ),
-        (
-            lambda: TransformerEncoder(4, 4, heads=0),
-            "TransformerEncoder: heads must be a positive int, got 0",
-        ),
-        (lambda: TransformerEncoder(0, 4), "TransformerEncoder: in_features must be a positive int, got 0"),
-        (
-            lambda: TransformerEncoder(4, 4, pool="max"),  # type: ignore[arg-type]
-            "pool must be one of 'none', 'mean', 'cls', got 'max'",
-        ),
     ],
 )
 def test_bad_arguments_are_refused_with_a_fix(build: Callable[[], nn.Module], message: str) -> None:
@@ -432,18 +306,7 @@ def test_bad_arguments_are_refused_with_a_fix(build: Callable[[], nn.Module], me
             torch.randn(2, 3, 9, 8),
             "expects (batch, 3, 8, 8), got (2, 3, 9, 8)",
         ),
-        (ConvDecoder1d((3, 4), (1, 9)), torch.randn(2, 3, 5), "expects (batch, 3, 4), got (2, 3, 5)"),
         (MLP(4, 2), torch.randn(2, 5), "MLP expects (..., 4), got (2, 5)"),
-        (
-            ResidualStack(4, 1, dims=1),
-            torch.randn(2, 4, 5, 5),
-            "expects (batch, 4, length), got (2, 4, 5, 5)",
-        ),
-        (
-            TransformerEncoder(4, 2, max_len=8),
-            torch.randn(2, 9, 4),
-            "length 9 exceeds max_len=8 learned positions: raise max_len or use positional='sinusoidal'",
-        ),
     ],
 )
 def test_inputs_of_another_shape_are_refused(module: nn.Module, x: torch.Tensor, message: str) -> None:

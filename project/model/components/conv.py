@@ -1,5 +1,5 @@
 """Conv stacks planned from shapes: `ConvEncoder2d`/`ConvDecoder2d` take (C, H, W) maps to an exact
-(C', H', W'), `ConvEncoder1d`/`ConvDecoder1d` (C, L) sequences to an exact (C', L'), for any sizes::
+(C', H', W'), for any sizes::
 
     encoder = ConvEncoder2d(in_shape=(3, 37, 53), out_shape=(10, 5, 3))
     decoder = ConvDecoder2d(in_shape=(10, 5, 3), out_shape=(3, 37, 53))   # its mirror image
@@ -11,7 +11,6 @@ The size arithmetic lives in `shapes.py`; this file turns its plans into layers.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -27,32 +26,38 @@ from project.model.components.layers import (
 )
 from project.model.components.shapes import geometric_channels, plan_down, plan_up
 
-AXES = {1: ("length",), 2: ("height", "width")}
-CONV: dict[tuple[int, bool], type[nn.Module]] = {
-    (1, False): nn.Conv1d,
-    (2, False): nn.Conv2d,
-    (1, True): nn.ConvTranspose1d,
-    (2, True): nn.ConvTranspose2d,
-}
-POOL: dict[int, type[nn.Module]] = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
-INTERPOLATION = {1: "linear", 2: "bilinear"}
+AXES = ("height", "width")
 
 
 class _ConvStack(nn.Module):
-    """What the four public classes share; each fixes `dims` and `transposed`."""
+    """What the encoder and the decoder share; each fixes `transposed`."""
 
-    dims: ClassVar[int]
     transposed: ClassVar[bool]
 
-    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], norm: str, activation: str) -> None:
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        out_shape: tuple[int, int, int],
+        norm: ConvNorm = "batch",
+        activation: Activation = "relu",
+    ) -> None:
+        """
+        Args:
+            in_shape: input (channels, height, width).
+            out_shape: output (channels, height, width); height and width at most the input's for the
+                encoder, at least the input's for the decoder.
+            norm: "batch" (BatchNorm2d: in training, batch x positions must exceed 2 per layer, so use
+                batches of 4 or more where maps get to 1x1), "group" (GroupNorm, up to 8 groups of at least
+                4 values per sample; smaller layers are refused) or "none".
+            activation: "relu", "leaky_relu", "gelu", "silu" or "tanh".
+        """
         super().__init__()
         owner = type(self).__name__
-        axes = AXES[self.dims]
-        self.in_shape = check_shape(owner, "in_shape", in_shape, ("channels", *axes))
-        self.out_shape = check_shape(owner, "out_shape", out_shape, ("channels", *axes))
+        self.in_shape = check_shape(owner, "in_shape", in_shape, ("channels", *AXES))
+        self.out_shape = check_shape(owner, "out_shape", out_shape, ("channels", *AXES))
         check_choice(owner, "norm", norm, CONV_NORMS)
         check_choice(owner, "activation", activation, ACTIVATIONS)
-        self._check_direction(owner, axes)
+        self._check_direction(owner)
         in_size, out_size = self.in_shape[1:], self.out_shape[1:]
         self.plan = plan_up(in_size, out_size) if self.transposed else plan_down(in_size, out_size)
         widths = geometric_channels(self.in_shape[0], self.out_shape[0], len(self.plan))
@@ -62,24 +67,23 @@ class _ConvStack(nn.Module):
         for i, (step, width) in enumerate(zip(self.plan, widths, strict=True)):
             last = i == len(self.plan) - 1
             if step.upsample_to is not None:
-                mode = INTERPOLATION[self.dims]
-                layers.append(nn.Upsample(size=step.upsample_to, mode=mode, align_corners=False))
-            extra: dict[str, Any] = {"output_padding": step.output_padding} if self.transposed else {}
+                layers.append(nn.Upsample(size=step.upsample_to, mode="bilinear", align_corners=False))
             # A bias right before a normalization would be subtracted again: only the last layer (and
             # every layer under norm="none") gets one.
             bias = last or norm == "none"
-            conv = CONV[self.dims, self.transposed]
+            conv: type[nn.Module] = nn.ConvTranspose2d if self.transposed else nn.Conv2d
+            extra: dict[str, Any] = {"output_padding": step.output_padding} if self.transposed else {}
             layers.append(conv(channels, width, step.kernel, step.stride, step.padding, bias=bias, **extra))
             if step.pool_to is not None:
-                layers.append(POOL[self.dims](step.pool_to))
+                layers.append(nn.AdaptiveAvgPool2d(step.pool_to))
             if not last:
-                layers.append(make_conv_norm(norm, width, self.dims, math.prod(step.out_size), owner))
+                layers.append(make_conv_norm(norm, width, math.prod(step.out_size), owner))
                 layers.append(make_activation(activation))
             channels = width
         self.layers = nn.Sequential(*layers)
 
-    def _check_direction(self, owner: str, axes: Sequence[str]) -> None:
-        pairs = list(zip(axes, self.in_shape[1:], self.out_shape[1:], strict=True))
+    def _check_direction(self, owner: str) -> None:
+        pairs = list(zip(AXES, self.in_shape[1:], self.out_shape[1:], strict=True))
         grown = [f"{axis} {o} > {i}" for axis, i, o in pairs if o > i]
         shrunk = [f"{axis} {o} < {i}" for axis, i, o in pairs if o < i]
         encoder, decoder = owner.replace("Decoder", "Encoder"), owner.replace("Encoder", "Decoder")
@@ -131,26 +135,7 @@ class ConvEncoder2d(_ConvStack):
         [step.stride for step in encoder.plan]                                 # the plan, for a look
     """
 
-    dims = 2
     transposed = False
-
-    def __init__(
-        self,
-        in_shape: tuple[int, int, int],
-        out_shape: tuple[int, int, int],
-        norm: ConvNorm = "batch",
-        activation: Activation = "relu",
-    ) -> None:
-        """
-        Args:
-            in_shape: input (channels, height, width).
-            out_shape: output (channels, height, width); height and width at most the input's.
-            norm: "batch" (BatchNorm2d: in training, batch x positions must exceed 2 per layer, so use
-                batches of 4 or more where maps get to 1x1), "group" (GroupNorm, up to 8 groups of at least
-                4 values per sample; smaller layers are refused) or "none".
-            activation: "relu", "leaky_relu", "gelu", "silu" or "tanh".
-        """
-        super().__init__(in_shape, out_shape, norm, activation)
 
 
 class ConvDecoder2d(_ConvStack):
@@ -177,90 +162,4 @@ class ConvDecoder2d(_ConvStack):
         decoder(torch.randn(8, 16, 7, 7)).shape                 # (8, 1, 28, 28)
     """
 
-    dims = 2
     transposed = True
-
-    def __init__(
-        self,
-        in_shape: tuple[int, int, int],
-        out_shape: tuple[int, int, int],
-        norm: ConvNorm = "batch",
-        activation: Activation = "relu",
-    ) -> None:
-        """
-        Args:
-            in_shape: input (channels, height, width).
-            out_shape: output (channels, height, width); height and width at least the input's.
-            norm: "batch" (BatchNorm2d: in training, batch x positions must exceed 2 per layer, so use
-                batches of 4 or more where maps get to 1x1), "group" (GroupNorm, up to 8 groups of at least
-                4 values per sample; smaller layers are refused) or "none".
-            activation: "relu", "leaky_relu", "gelu", "silu" or "tanh".
-        """
-        super().__init__(in_shape, out_shape, norm, activation)
-
-
-class ConvEncoder1d(_ConvStack):
-    """Convolutions from (C, L) sequences to exactly (C', L'), with L' <= L: `ConvEncoder2d`'s plan along
-    one dimension. Kernel-3 stride-2 layers halve L (to ceil(L / 2)) while that stays >= L', then one
-    stride-1 layer lands on L' (kernel <= 3; an adaptive average pool where L - L' >= 3 remains).
-    Channels go geometrically from C to C'; norm and activation follow every layer but the raw last.
-
-    ::
-
-        encoder = ConvEncoder1d(in_shape=(2, 101), out_shape=(16, 7))
-        encoder(torch.randn(8, 2, 101)).shape                  # (8, 16, 7)
-    """
-
-    dims = 1
-    transposed = False
-
-    def __init__(
-        self,
-        in_shape: tuple[int, int],
-        out_shape: tuple[int, int],
-        norm: ConvNorm = "batch",
-        activation: Activation = "relu",
-    ) -> None:
-        """
-        Args:
-            in_shape: input (channels, length).
-            out_shape: output (channels, length); length at most the input's.
-            norm: "batch" (BatchNorm1d), "group" (GroupNorm, up to 8 groups of at least 4 values per
-                sample; smaller layers are refused) or "none"; see `ConvEncoder2d`.
-            activation: "relu", "leaky_relu", "gelu", "silu" or "tanh".
-        """
-        super().__init__(in_shape, out_shape, norm, activation)
-
-
-class ConvDecoder1d(_ConvStack):
-    """Transposed convolutions from (C, L) sequences to exactly (C', L'), with L' >= L: the mirror image
-    of `ConvEncoder1d(out_shape, in_shape)`, as `ConvDecoder2d` is of its encoder. The encoder's finishing
-    layer comes first, transposed (after a linear interpolation where the encoder pooled), then stride-2
-    layers double the length to 2L - 1, `output_padding` adding one where the encoder's length was even.
-    Channels go geometrically from C to C'; norm and activation follow every layer but the raw last.
-
-    ::
-
-        decoder = ConvDecoder1d(in_shape=(16, 7), out_shape=(2, 101))
-        decoder(torch.randn(8, 16, 7)).shape                   # (8, 2, 101)
-    """
-
-    dims = 1
-    transposed = True
-
-    def __init__(
-        self,
-        in_shape: tuple[int, int],
-        out_shape: tuple[int, int],
-        norm: ConvNorm = "batch",
-        activation: Activation = "relu",
-    ) -> None:
-        """
-        Args:
-            in_shape: input (channels, length).
-            out_shape: output (channels, length); length at least the input's.
-            norm: "batch" (BatchNorm1d), "group" (GroupNorm, up to 8 groups of at least 4 values per
-                sample; smaller layers are refused) or "none"; see `ConvEncoder2d`.
-            activation: "relu", "leaky_relu", "gelu", "silu" or "tanh".
-        """
-        super().__init__(in_shape, out_shape, norm, activation)

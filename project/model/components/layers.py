@@ -2,7 +2,7 @@
 checkpoints)::
 
     make_activation("gelu")                              # nn.GELU()
-    make_conv_norm("group", channels=16, dims=2, positions=64, owner="ConvEncoder2d")  # GroupNorm(8, 16)
+    make_conv_norm("group", channels=16, positions=64, owner="ConvEncoder2d")  # GroupNorm(8, 16)
 """
 
 from __future__ import annotations
@@ -36,28 +36,21 @@ def make_activation(name: str) -> nn.Module:
     return modules[name]()
 
 
-def group_count(channels: int, positions: int | None) -> int | None:
+def group_count(channels: int, positions: int) -> int | None:
     """GroupNorm's groups: the most (up to `MAX_GROUPS`) dividing `channels` whose groups hold at least
     `MIN_NORM_VALUES` values each (channels per group x `positions`), or None if even one group is too
-    small. With `positions` unknown (a shape-preserving block) groups keep 2 channels where possible."""
+    small."""
     for groups in range(min(MAX_GROUPS, channels), 0, -1):
-        if channels % groups:
-            continue
-        per_group = channels // groups
-        if positions is None:
-            enough = per_group >= 2 or groups == 1
-        else:
-            enough = per_group * positions >= MIN_NORM_VALUES
-        if enough:
+        if channels % groups == 0 and channels // groups * positions >= MIN_NORM_VALUES:
             return groups
     return None
 
 
-def make_conv_norm(kind: str, channels: int, dims: int, positions: int | None, owner: str) -> nn.Module:
-    """The normalization after a convolution with `channels` outputs on maps of `positions` values
-    (None if not known in advance): BatchNorm, GroupNorm, or nothing."""
+def make_conv_norm(kind: str, channels: int, positions: int, owner: str) -> nn.Module:
+    """The normalization after a 2-D convolution with `channels` outputs on maps of `positions` values:
+    BatchNorm, GroupNorm, or nothing."""
     if kind == "batch":
-        return nn.BatchNorm1d(channels) if dims == 1 else nn.BatchNorm2d(channels)
+        return nn.BatchNorm2d(channels)
     if kind == "group":
         groups = group_count(channels, positions)
         if groups is None:
