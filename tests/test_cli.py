@@ -41,11 +41,22 @@ def test_no_arguments_means_the_cifar10_demo() -> None:
 
 def test_print_config_composes_defaults_configs_and_overrides(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", DIGITS, "--config", LIMIT, "--model.init_args.lr", "0.02", "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                DIGITS,
+                "--config",
+                LIMIT,
+                "--model.init_args.optimizer.lr",
+                "0.02",
+                "--print_config",
+            ]
+        )
     assert exit_info.value.code == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["class_path"] == "project.model.ConvNet"  # from digits.yaml
-    assert config["model"]["init_args"]["lr"] == 0.02  # from the command line
+    assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.02  # from the command line
     assert config["trainer"]["max_epochs"] == 2  # limit.yaml overrides digits.yaml
     assert config["seed_everything"] == 42  # from defaults.yaml
     loggers = [logger["class_path"] for logger in config["trainer"]["logger"]]
@@ -218,7 +229,7 @@ def test_default_demo_without_network_fails_fast_and_clearly(tmp_path: Path) -> 
 def test_default_cifar10_demo_trains_from_files_on_disk(tmp_path: Path, runs_dir: Path) -> None:
     """configs/cifar10.yaml as shipped (ResNet-18, augmentation, SGD + one-cycle) on a tiny CIFAR-10
     in the real on-disk format: everything but the download, which tests/test_cifar10.py covers."""
-    from tests.cifar10_files import write_cifar10
+    from project.data.fake_cifar10 import write_cifar10
 
     files = write_cifar10(tmp_path / "data", per_batch=4, test_size=4)
     cli = main(
@@ -251,3 +262,17 @@ def test_saved_config_repeats_the_run_in_a_new_directory(runs_dir: Path) -> None
     metrics = [json.loads((cli.run_dir / "metrics.json").read_text()) for cli in (first, again)]
     assert metrics[0]["val/acc"] == pytest.approx(metrics[1]["val/acc"])
     assert (again.run_dir / "split.json").read_text() == (first.run_dir / "split.json").read_text()
+
+
+@pytest.mark.slow
+def test_a_fit_gets_no_wandb_warning_about_the_anonymous_setting(tmp_path: Path) -> None:
+    """Lightning's WandbLogger passes `anonymous` to wandb.init even when unset, and W&B warns on every
+    run that the setting has no effect: the CLI leaves it out."""
+    result = run_module(
+        "fit", "--config", DIGITS, "--config", LIMIT, "--trainer.max_epochs", "1",
+        "--test_after_fit", "false", "--trainer.default_root_dir", str(tmp_path / "runs"),
+        env={"WANDB_SILENT": "false"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wandb: Tracking run" in result.stderr  # W&B's own output is shown, so its warning would be too
+    assert "anonymous" not in result.stderr

@@ -221,14 +221,16 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     ("arguments", "message"),
     [
         (["--trainer.max_epoch", "3"], "max_epoch is not an option of `fit`; did you mean trainer.max_"),
-        (["--model.init_args.lrr", "3"], "lrr is not an argument of project.model.ConvNet; did you mean lr?"),
+        (["--model.init_args.dropoutt", "3"],
+         "dropoutt is not an argument of project.model.ConvNet; did you mean dropout?"),
         (["--data.init_args.batch_sise", "3"], "did you mean batch_size?"),
         (["--data.init_args.batch_size", "abc"], "data.init_args.batch_size: expected int, got 'abc'"),
-        (["--model.init_args.lr", "fast"], "model.init_args.lr: expected float, got 'fast'"),
+        (["--model.init_args.dropout", "fast"], "model.init_args.dropout: expected float, got 'fast'"),
         (["--data.init_args.batch_size", "-2"], "batch_size must be at least 1, got -2"),
-        (["--model.init_args.lr", "-0.1"], "lr must be positive, got -0.1"),
+        (["--model.init_args.optimizer.lr", "-0.1"], "optimizer: Invalid learning rate: -0.1"),
         (["--trainer.max_epochs", "-3"], "`max_epochs` must be a non-negative integer"),
-        (["--model.init_args.optimizer", "adam"], "optimizer: expected one of 'adamw', 'sgd', got 'adam'"),
+        (["--model.init_args.optimizer", "torch.optim.Adamm"],
+         "optimizer class torch.optim.Adamm not found; did you mean torch.optim.Adam"),
     ],
 )  # fmt: skip
 def test_bad_options_get_one_clear_message(
@@ -255,6 +257,105 @@ def test_a_typo_in_a_config_file_names_the_key(
         "error: trainer.max_epoch is not an option of `fit`; did you mean trainer.max_epochs"
         in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model.class_path", "project.model.ConvNett"],
+         "model class project.model.ConvNett not found; did you mean project.model.ConvNet?"),
+        (["--model", "ConvNett"], "model class ConvNett not found; did you mean ConvNet?"),
+        (["--model", "project.modl.ConvNet"], "did you mean project.model.ConvNet?"),
+        (["--model", "projct.model.ConvNet"],
+         "model class projct.model.ConvNet not found: there is no module projct"),
+        (["--model", "project.data.DigitsDataModule"],
+         "model: project.data.DigitsDataModule is not a subclass of BaseModel"),
+        (["--data", "project.data.DigitsDataModul"],
+         "data class project.data.DigitsDataModul not found; did you mean project.data.DigitsDataModule"),
+        (["--trainer.callbacks+=project.callbacks.TopKExampels"],
+         "trainer.callbacks class project.callbacks.TopKExampels not found; "
+         "did you mean project.callbacks.TopKExamples?"),
+        (["--model.init_args.optimizer", "torch.optim.RAdamm"],
+         "model.init_args.optimizer class torch.optim.RAdamm not found; did you mean torch.optim.RAdam"),
+        (["--model.init_args.scheduler", "torch.optim.lr_scheduler.OneCycleLRR"],
+         "model.init_args.scheduler class torch.optim.lr_scheduler.OneCycleLRR not found; did you mean "
+         "torch.optim.lr_scheduler.OneCycleLR"),
+        (["--model.init_args.optimizer", "adam"],
+         "model.init_args.optimizer class adam not found; did you mean Adam"),
+        (["--model.init_args.scheduler", "onecycle"],
+         "model.init_args.scheduler class onecycle not found; did you mean OneCycleLR"),
+        (["--model.init_args.optimizer.init_args.lrr", "3"],
+         "model.init_args.optimizer.init_args.lrr is not an argument of torch.optim.AdamW; did you mean lr?"),
+        (["--model.init_args.optimizer.init_args.lr", "fast"],
+         "model.init_args.optimizer.init_args.lr: expected float or torch.Tensor, got 'fast'"),
+        (["--trainer.precision", "bogus"],
+         "trainer.precision: expected one of 64, 32, 16, 'transformer-engine'"),
+        (["--seed_everything", "abc"], "seed_everything: expected bool or int, got 'abc'"),
+        (["--trainer.strategy", "foo"], "invalid strategy name: `strategy='foo'`"),
+        (["--trainer.num_nodes", "0"], "`num_nodes` must be a positive integer, but got 0"),
+        (["--ckpt_path", "best"], "--ckpt_path best looks for a checkpoint in the run's own directory"),
+        (["--ckpt_path", "{tmp}"], "checkpoint {tmp} is a folder: pass a checkpoint file"),
+        (["--run_name", "a/b"], "--run_name 'a/b' is not a folder name: give one without '/'"),
+        (["--run_name", ".."], "--run_name '..' is not a folder name"),
+    ],
+)  # fmt: skip
+def test_more_bad_input_gets_one_clear_message(
+    runs_dir: Path, tmp_path: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args("fit", "--config", DIGITS, *arguments, runs_dir=runs_dir))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert message.replace("{tmp}", str(tmp_path)) in line, err
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())  # nothing left behind
+
+
+def test_a_mistyped_class_in_a_config_file_is_named(
+    runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  class_path: project.model.ConvNett\n  init_args:\n    channels: [8]\n")
+    with pytest.raises(SystemExit):
+        main(cli_args("fit", "--config", DIGITS, "--config", str(typo), runs_dir=runs_dir))
+    err = capsys.readouterr().err
+    assert "error: model class project.model.ConvNett not found; did you mean project.model.ConvNet?\n" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            "trainer:\n  max_epochs: [1, 2\n",
+            "is not valid YAML: did not find expected ',' or ']' (line 3)",
+        ),
+        ("fit quickly\n", "holds no options: it must be a YAML mapping, e.g. `trainer: {max_epochs: 5}`"),
+    ],
+)
+def test_a_config_file_that_is_not_a_yaml_mapping_is_named(
+    runs_dir: Path, tmp_path: Path, content: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text(content)
+    with pytest.raises(SystemExit):
+        main(cli_args("fit", "--config", DIGITS, "--config", str(config), runs_dir=runs_dir))
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert line == f"error: config file {config} {message}"
+
+
+def test_a_runs_folder_that_cannot_be_created_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("precious")
+    for root, reason in ((afile, "it is a file"), (afile / "runs", "not a directory")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(root)])
+        assert exit_info.value.code == 2
+        expected = f"error: cannot create run directories under {root}: {reason}; pass a writable folder as"
+        assert expected in capsys.readouterr().err
+    assert afile.read_text() == "precious"
 
 
 def test_wandb_online_without_network_falls_back_to_offline(

@@ -1,12 +1,10 @@
-"""Callbacks: optional pieces of the pipeline (visualizations, writers), switched on in configs.
-
-Add a callback: a new file here with a `pytorch_lightning.Callback` subclass (or an `EpochCallback`
-for something computed over a validation/test epoch), exported below, then listed under
-`trainer.callbacks` in a config (`callbacks+:` appends to the list from configs/defaults.yaml).
-"""
+"""Callbacks, switched on in configs: the visualizations (top_k.py, uncertainty.py, confusion.py on
+`EpochCallback` in base.py, drawing through visual_log.py and display.py), the writers of
+metrics.json and predictions.csv, and the guards of a run (rng_state.py, nonfinite_loss.py)."""
 
 from project.callbacks.base import EpochCallback
 from project.callbacks.confusion import ConfusionMatrix
+from project.callbacks.metrics_file import FinalMetricsFile
 from project.callbacks.nonfinite_loss import NonFiniteLossGuard
 from project.callbacks.prediction_writer import PredictionWriter
 from project.callbacks.rng_state import RNGState
@@ -17,6 +15,7 @@ from project.callbacks.visual_log import VisualLog
 __all__ = [
     "ConfusionMatrix",
     "EpochCallback",
+    "FinalMetricsFile",
     "NonFiniteLossGuard",
     "PredictionWriter",
     "RNGState",

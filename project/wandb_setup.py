@@ -1,0 +1,104 @@
+"""Weights & Biases, set up once per command: its mode, the run's name and id, and closing the run.
+
+`python -m project` logs offline by default (no account, no server). With WANDB_MODE=online but no
+way to reach the server (no network, or no API key), W&B would retry for minutes or wait for a
+login. Instead, the run falls back to offline with a warning saying how to upload it later.
+
+The W&B run is named after the run directory, and a resumed run logs into the W&B run it started
+(same id) rather than a second one. Each command closes its W&B run when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+CONNECT_TIMEOUT_S = 5.0
+DEFAULT_SERVER = "https://api.wandb.ai"
+
+
+def _server_reachable(url: str) -> bool:
+    parts = urllib.parse.urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=CONNECT_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def choose_wandb_mode() -> str:
+    """Set WANDB_MODE for this process (default offline) and return it."""
+    mode = os.environ.setdefault("WANDB_MODE", "offline")
+    if mode not in ("online", "run"):
+        return mode
+    server = os.environ.get("WANDB_BASE_URL", DEFAULT_SERVER)
+    problem = None
+    if not _has_api_key():
+        problem = "no API key (WANDB_API_KEY or `wandb login`)"
+    elif not _server_reachable(server):
+        problem = f"{server} cannot be reached within {CONNECT_TIMEOUT_S:.0f} s"
+    if problem is None:
+        return mode
+    os.environ["WANDB_MODE"] = "offline"
+    print(
+        f"warning: WANDB_MODE={mode} but {problem}: logging offline instead. "
+        f"Upload later with: wandb sync runs/<run>/wandb/offline-run-*",
+        file=sys.stderr,
+    )
+    return "offline"
+
+
+def wandb_run_id(run_dir: Path) -> str | None:
+    """The id of the W&B run already in `run_dir`, so a resumed run continues it instead of starting
+    another: W&B names run folders `[offline-]run-<date>_<time>-<id>`."""
+    runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+
+
+def name_wandb_run(logger_specs: list[Any], run_dir: Path, resuming: bool) -> None:
+    """Fill in the name (the run directory's) and, on a resume, the id of every WandbLogger config
+    entry that does not set them, before the loggers are built."""
+    for spec in logger_specs:
+        if not str(spec.class_path).endswith("WandbLogger"):
+            continue
+        if spec.init_args.get("name") is None:
+            spec.init_args["name"] = run_dir.name
+        if resuming and spec.init_args.get("id") is None:
+            spec.init_args["id"] = wandb_run_id(run_dir)
+
+
+def drop_anonymous_setting(loggers: list[Logger]) -> None:
+    """Lightning's WandbLogger passes `anonymous` to wandb.init even when it is unset (as None), and
+    wandb, which dropped anonymous mode, then warns on every run that the setting has no effect.
+    Lightning keeps wandb.init's arguments in `_wandb_init`, read only when the run starts."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger._wandb_init.pop("anonymous", None)
+
+
+@contextmanager
+def closing_wandb_run() -> Iterator[None]:
+    """Close the W&B run a command started when it ends: Lightning's WandbLogger would otherwise reuse
+    a still-open run in the next command of the same process (a notebook, a test session)."""
+    try:
+        yield
+    finally:
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()
