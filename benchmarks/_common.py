@@ -12,7 +12,6 @@ import logging
 import os
 import platform
 import statistics
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-sys.path.insert(0, str(REPO))  # `project` and `tests` (generated CIFAR-10 files) without installing
 
 
 def quiet() -> None:

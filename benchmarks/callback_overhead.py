@@ -21,13 +21,16 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from _common import quiet, report
 
 from project.callbacks import ConfusionMatrix, TopKExamples, UncertaintyPlots
 from project.data import CIFAR10DataModule, DigitsDataModule
+from project.data.fake_cifar10 import write_cifar10
 from project.model import ConvNet
 
 
@@ -48,8 +51,6 @@ def digits() -> pl.LightningDataModule:
 
 
 def cifar_shaped(root: Path) -> Callable[[], pl.LightningDataModule]:
-    from tests.cifar10_files import write_cifar10
-
     files = write_cifar10(root, per_batch=1000, test_size=10)
     return lambda: CIFAR10DataModule(data_dir=str(files.root), download=False, batch_size=128, num_workers=0)
 
@@ -84,7 +85,11 @@ def run(
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    model = ConvNet(10, data.image_shape, lr=0.005)  # type: ignore[attr-defined]
+    model = ConvNet(
+        10, data.image_shape,  # type: ignore[attr-defined]
+        optimizer=partial(torch.optim.AdamW, lr=0.005, weight_decay=5e-4),
+        scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.005),
+    )  # fmt: skip
     trainer.fit(model, datamodule=data)
     import wandb
 

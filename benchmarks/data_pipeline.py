@@ -24,7 +24,7 @@ from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
 from project.data import CIFAR10DataModule
-from tests.cifar10_files import md5sum, write_cifar10
+from project.data.fake_cifar10 import md5sum, write_cifar10
 
 BATCH = 128
 

@@ -19,7 +19,7 @@ split each epoch, its last batch smaller:
   in fp16 but for BatchNorm, channels_last; each epoch the whole training split is flipped and
   translated (up to 2 px, reflect padding) on the GPU at once, then SGD with Nesterov momentum and
   label smoothing 0.2 over shuffled batches of 1024 with a one-cycle schedule.
-- ours, bare: `FastCifarNet` + `DeviceCIFAR10DataModule` with the init args of
+- ours, bare: `FastCifarNet` + `CIFAR10DataModule` (device loader) with the init args of
   configs/cifar10_fast.yaml under a Trainer with its precision (bf16-mixed) and `benchmark`; no
   logger, checkpointing or progress bar.
 - ours, CLI: `python -m project fit --config configs/cifar10_fast.yaml`, with everything
@@ -141,11 +141,13 @@ def raw(train: tuple[Tensor, Tensor], args: argparse.Namespace, hp: dict[str, An
     images = images.contiguous(memory_format=torch.channels_last)
     steps_per_epoch = -(-len(images) // args.batch_size)  # the last batch smaller, as the DataModule's
     params = [p for p in net.parameters() if p.requires_grad]
+    # The config's SGD and OneCycleLR arguments.
+    sgd, one_cycle = hp["optimizer"]["init_args"], hp["scheduler"]["init_args"]
     optimizer = torch.optim.SGD(
-        params, lr=hp["lr"], momentum=hp["momentum"], nesterov=True, weight_decay=hp["weight_decay"]
+        params, lr=sgd["lr"], momentum=sgd["momentum"], nesterov=True, weight_decay=sgd["weight_decay"]
     )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=hp["lr"], total_steps=steps_per_epoch * (args.epochs + 1)
+        optimizer, max_lr=one_cycle["max_lr"], total_steps=steps_per_epoch * (args.epochs + 1)
     )
     generator = torch.Generator(device=device).manual_seed(0)
     times = []
@@ -200,12 +202,19 @@ class EpochTimer(pl.Callback):
 
 
 def ours_bare(root: Path, args: argparse.Namespace, config: dict[str, Any]) -> list[float]:
-    from project.data import DeviceCIFAR10DataModule
+    from pytorch_lightning.cli import instantiate_module
+
+    from project.data import CIFAR10DataModule
     from project.model import FastCifarNet
 
     pl.seed_everything(0, verbose=False)
     timer = EpochTimer()
-    model_args = config["model"]["init_args"] | {"widths": tuple(args.widths)}
+    # Built from the config's model section as the CLI builds it (optimizer and scheduler included).
+    model_args = config["model"]["init_args"] | {
+        "widths": args.widths,
+        "num_classes": 10,
+        "in_shape": [3, 32, 32],
+    }
     data_args = config["data"]["init_args"] | {
         "data_dir": str(root),
         "download": False,
@@ -217,7 +226,8 @@ def ours_bare(root: Path, args: argparse.Namespace, config: dict[str, Any]) -> l
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[timer], default_root_dir=root,
     )  # fmt: skip
-    trainer.fit(FastCifarNet(10, (3, 32, 32), **model_args), datamodule=DeviceCIFAR10DataModule(**data_args))
+    model = instantiate_module(FastCifarNet, model_args)
+    trainer.fit(model, datamodule=CIFAR10DataModule(**data_args))
     return timer.rates
 
 
@@ -283,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             report(NAME, [row], COLUMNS, note="run it on a machine with a CUDA GPU")
             return
         args.device = "cuda"
-    from tests.cifar10_files import write_cifar10
+    from project.data.fake_cifar10 import write_cifar10
 
     config = yaml.safe_load(FAST_CONFIG.read_text())
     hp = config["model"]["init_args"]

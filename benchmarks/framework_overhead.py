@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def data(n: int) -> list[Example]:
 
 def model() -> ConvNet:
     torch.manual_seed(0)
-    return ConvNet(10, (3, 32, 32), lr=1e-3, scheduler="none")
+    return ConvNet(10, (3, 32, 32), optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=5e-4))
 
 
 def raw(steps: int, samples: list[Example]) -> list[float]:

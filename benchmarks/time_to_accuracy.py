@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -30,11 +31,16 @@ from project.model import ConvNet
 from project.structs import Example
 
 TARGET, MAX_EPOCHS = 0.99, 30
+LR, WEIGHT_DECAY = 0.005, 1e-4  # configs/digits.yaml's AdamW and one-cycle peak
 
 
 def model() -> ConvNet:
     pl.seed_everything(0, verbose=False)
-    return ConvNet(10, (1, 8, 8), channels=(32, 64), hidden=(128,), lr=0.005, weight_decay=1e-4)
+    return ConvNet(
+        10, (1, 8, 8), channels=(32, 64), hidden=(128,),
+        optimizer=partial(torch.optim.AdamW, lr=LR, weight_decay=WEIGHT_DECAY),
+        scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=LR),
+    )  # fmt: skip
 
 
 def data() -> DigitsDataModule:
@@ -46,10 +52,8 @@ def data() -> DigitsDataModule:
 def raw() -> tuple[float, int]:
     net, dm = model(), data()
     train, val = dm.train_dataloader(), dm.val_dataloader()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=net.hparams["lr"], weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=net.hparams["lr"], total_steps=MAX_EPOCHS * len(train)
-    )
+    optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=MAX_EPOCHS * len(train))
     start = time.perf_counter()
     for epoch in range(MAX_EPOCHS):
         net.train()
@@ -85,11 +89,9 @@ class Floor(pl.LightningModule):
         self.correct = self.seen = 0
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.net.hparams["lr"], weight_decay=1e-4)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.net.hparams["lr"], total_steps=total
-        )
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

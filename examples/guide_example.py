@@ -2,9 +2,9 @@
 
 Besides the digit, the model predicts its parity (odd or even) from the same features, trained with
 a second, weighted loss term. Each section is one step of the guide; in your own project each would
-be its own file under project/ (structs/, data/, metrics/, model/, callbacks/), and the config would
-live in configs/. It lives in tests/ so that tests/test_guide_example.py runs it on every change and
-the guide cannot rot.
+be its own file under project/ (structs/, data/, metrics/, model/, callbacks/), and the config
+(examples/guide_example.yaml) would live in configs/. tests/test_guide_example.py runs it on every
+`make test`, so the guide cannot rot.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+from torchmetrics.classification import BinaryAccuracy
 
 from project.callbacks import EpochCallback, VisualLog
 from project.data import DigitsDataModule
 from project.data.dataset import ImageDataset
-from project.metrics import ExampleMetrics
+from project.metrics import ExampleMetrics, build_metric
 from project.model import ConvNet
 from project.structs import Example, Loss, Prediction
 
@@ -66,7 +66,7 @@ class TwoHeadMetrics(ExampleMetrics):
     def __init__(self, num_classes: int, prefix: str = "") -> None:
         # compute_groups=False: each metric gets its own inputs, so none can share state.
         super().__init__(
-            {"acc": MulticlassAccuracy(num_classes), "parity_acc": BinaryAccuracy()},
+            {"acc": build_metric("accuracy", num_classes), "parity_acc": BinaryAccuracy()},
             prefix=prefix,
             compute_groups=False,
         )
@@ -90,6 +90,7 @@ class TwoHeadNet(ConvNet):
             **kwargs: ConvNet's layer sizes and BaseModel's optimizer settings.
         """
         super().__init__(num_classes, in_shape, **kwargs)
+        self.parity_weight = parity_weight
         self.parity_head = nn.Linear(self.flat_features(self.features, self.in_shape), 2)
 
     def forward(self, example: Example) -> TwoHeadPrediction:
@@ -104,7 +105,7 @@ class TwoHeadNet(ConvNet):
                 "ce": F.cross_entropy(prediction.logits, example.require_label()),
                 "parity": F.cross_entropy(prediction.require_parity_logits(), example.parity),
             },
-            weights={"parity": self.hparams["parity_weight"]},
+            weights={"parity": self.parity_weight},
         )
 
     def create_metrics(self, prefix: str) -> ExampleMetrics:

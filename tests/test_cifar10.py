@@ -1,4 +1,5 @@
-"""`CIFAR10DataModule` on a tiny generated CIFAR-10 (tests/cifar10_files.py): reading, downloading, errors.
+"""`CIFAR10DataModule` on a tiny generated CIFAR-10 (project/data/fake_cifar10.py): reading, downloading,
+errors, augmentation.
 
 No network: downloads come from an `http.server` on 127.0.0.1, and "unreachable" is a closed local port.
 """
@@ -17,11 +18,10 @@ import numpy as np
 import pytest
 import torch
 from torchvision.datasets import CIFAR10
+from torchvision.transforms import v2
 
 from project.data.cifar10 import CIFAR10DataModule
-from project.errors import UserError
-from project.structs import Example
-from tests.cifar10_files import (
+from project.data.fake_cifar10 import (
     ARCHIVE_NAME,
     META,
     TEST_BATCH,
@@ -31,6 +31,8 @@ from tests.cifar10_files import (
     pack_archive,
     write_cifar10,
 )
+from project.errors import UserError
+from project.structs import Example
 from tests.conftest import unused_port
 
 PER_BATCH = 12  # 5 x 12 = 60 pool samples: 48 train / 12 val at val_fraction 0.2
@@ -288,6 +290,22 @@ def test_val_sample_is_the_normalized_generated_image_at_its_index(cifar: Cifar1
         expected = (torch.from_numpy(cifar.train_images[index]).float() / 255 - mean) / std
         torch.testing.assert_close(sample.image, expected)
         assert int(sample.label) == cifar.train_labels[index]
+
+
+@pytest.mark.parametrize("crop_padding", [4, 0])
+def test_training_images_are_augmented_as_torchvision_does(cifar: Cifar10Files, crop_padding: int) -> None:
+    """The DataLoader's augmentation: reflect-padded random crop (unless crop_padding is 0) and flip."""
+    dm = make_dm(cifar.root, download=False, crop_padding=crop_padding)
+    dm.setup("fit")
+    crop = [v2.RandomCrop(32, padding=crop_padding, padding_mode="reflect")] if crop_padding else []
+    expected = v2.Compose([*crop, v2.RandomHorizontalFlip(), dm.eval_transform()])
+    images = torch.from_numpy(cifar.train_images[:16])
+    torch.manual_seed(0)
+    ours = [dm.train_transform()(image) for image in images]
+    torch.manual_seed(0)
+    theirs = [expected(image) for image in images]
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert not all(torch.equal(a, dm.eval_transform()(i)) for a, i in zip(ours, images, strict=True))
 
 
 def test_dev_subset_keeps_five_samples_per_split(cifar: Cifar10Files) -> None:

@@ -1,17 +1,23 @@
-"""The offline digits DataModule and the DataModule behaviour every dataset shares."""
+"""The offline digits DataModule and the DataModule behaviour every dataset shares, on either loader."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from project.data import DigitsDataModule
+from project.cli import main
+from project.data import ClassificationDataModule, DigitsDataModule
+from project.data.dataset import ImageDataset
+from project.data.device_loader import DeviceBatches
 from project.errors import UserError
 from project.model import ConvNet
 from project.structs import Example
+from tests.conftest import CONFIGS, cli_args, only_run_dir
 
 
 def test_sizes_and_class_names() -> None:
@@ -127,3 +133,96 @@ def test_split_file_from_another_dataset_size_is_refused(tmp_path: Path) -> None
     Split.random(500, val_fraction=0.2, seed=0).save(path)
     with pytest.raises(UserError, match="made for a dataset of 500 samples, but this dataset has 1438"):
         DigitsDataModule(split_file=str(path)).setup("fit")
+
+
+# ---- the device loader ----------------------------------------------------------------------------
+
+
+def indices(batches: list[Example]) -> list[int]:
+    return torch.cat([example.index for example in batches if example.index is not None]).tolist()
+
+
+def assert_same_eval_batches(on_device: ClassificationDataModule, on_cpu: ClassificationDataModule) -> None:
+    """The device loader's val and test batches are the DataLoader's: the same examples in the same
+    order, normalized alike up to float rounding."""
+    for split in ("val", "test"):
+        ours = list(getattr(on_device, f"{split}_dataloader")())
+        theirs = list(getattr(on_cpu, f"{split}_dataloader")())
+        assert len(ours) == len(theirs)
+        for mine, cpu in zip(ours, theirs, strict=True):
+            assert torch.equal(mine.index, cpu.index) and torch.equal(mine.label, cpu.label)
+            torch.testing.assert_close(mine.image, cpu.image, rtol=1e-6, atol=1e-6)
+
+
+def test_device_loader_serves_the_dataloaders_examples_unaugmented() -> None:
+    on_device, on_cpu = DigitsDataModule(batch_size=50, device_loader=True), DigitsDataModule(batch_size=50)
+    for dm in (on_device, on_cpu):
+        dm.setup("fit")
+        dm.setup("test")
+    assert isinstance(on_device.train_dataloader(), DeviceBatches)
+    assert_same_eval_batches(on_device, on_cpu)
+    # Training batches: a new order, but each image once, as the CPU DataLoader gives it: digits are
+    # not augmented (a mirrored digit would be another symbol).
+    train = list(on_device.train_dataloader())
+    dataset = on_cpu.datasets["train"]
+    assert sorted(indices(train)) == dataset.indices.tolist()
+    position = {int(index): i for i, index in enumerate(dataset.indices)}
+    for example in train:
+        assert example.index is not None
+        expected = torch.stack([dataset[position[int(index)]].image for index in example.index])
+        torch.testing.assert_close(example.image, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_device_loader_shards_between_ddp_ranks() -> None:
+    shards = []
+    for rank in range(2):
+        dm = DigitsDataModule(batch_size=64, device_loader=True)
+        dm.setup("fit")
+        # The loaders read rank, world size and device from the trainer Lightning attaches.
+        dm.trainer = SimpleNamespace(
+            strategy=SimpleNamespace(root_device=torch.device("cpu")),
+            global_rank=rank,
+            world_size=2,
+            current_epoch=0,
+        )
+        shards.append(
+            {split: indices(list(getattr(dm, f"{split}_dataloader")())) for split in ("train", "val")}
+        )
+    train, val = [shard["train"] for shard in shards], [shard["val"] for shard in shards]
+    assert len(train[0]) == len(train[1]) and not set(train[0]) & set(train[1])  # lockstep, disjoint
+    assert dm.split is not None and sorted(val[0] + val[1]) == dm.split.val  # each validation sample once
+
+
+def test_digits_trains_with_the_device_loader_through_the_cli(runs_dir: Path) -> None:
+    limit = str(CONFIGS / "debug" / "limit.yaml")
+    digits = str(CONFIGS / "digits.yaml")
+    cli = main(
+        cli_args("fit", "--config", digits, "--config", limit, "--data.init_args.device_loader", "true",
+                 runs_dir=runs_dir)
+    )  # fmt: skip
+    assert cli is not None and isinstance(cli.datamodule.train_dataloader(), DeviceBatches)
+    metrics = json.loads((only_run_dir(runs_dir) / "metrics.json").read_text())
+    # 20 steps: about 0.9 on either loader (chance is 0.1).
+    assert metrics["global_step"] == 20 and metrics["val/acc"] > 0.7 and metrics["test/acc"] > 0.7
+
+
+class OwnDataset(ImageDataset):
+    pass
+
+
+class OwnTransform(DigitsDataModule):
+    def train_transform(self) -> torch.nn.Module:
+        return torch.nn.Identity()
+
+
+class OwnDatasetClass(DigitsDataModule):
+    dataset_class = OwnDataset
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"), [(OwnTransform, "train_transform"), (OwnDatasetClass, "dataset_class")]
+)
+def test_device_loader_refuses_what_it_cannot_run(cls: type[DigitsDataModule], name: str) -> None:
+    with pytest.raises(UserError, match=f"has its own {name}, which the device loader cannot run"):
+        cls(device_loader=True)
+    cls(device_loader=False)  # the DataLoader runs it

@@ -1,6 +1,6 @@
-"""The fast CIFAR-10 path: `FastCifarNet`, the batched augmentation of `gpu_augment`, the device-resident
-`DeviceCIFAR10DataModule`, and `configs/cifar10_fast.yaml` end to end, all on the CPU (the same code
-runs on a GPU; the `gpu` test checks that where there is one)."""
+"""The fast CIFAR-10 path: `FastCifarNet`, the batched augmentation of `device_augment`, the device
+loader of `CIFAR10DataModule`, and `configs/cifar10_fast.yaml` end to end, all on the CPU (the same
+code runs on a GPU; the `gpu` test checks that where there is one)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from project.cli import main
-from project.data import CIFAR10DataModule, DeviceCIFAR10DataModule
-from project.data import gpu_augment as aug
-from project.data.gpu_cifar10 import DeviceBatches, seeded_generator, shard
+from project.data import CIFAR10DataModule
+from project.data import device_augment as aug
+from project.data.device_loader import DeviceBatches, seeded_generator, shard
+from project.data.fake_cifar10 import Cifar10Files, write_cifar10
 from project.errors import UserError
 from project.model import FastCifarNet, fast_cifar
 from project.structs import Example
-from tests.cifar10_files import Cifar10Files, write_cifar10
 from tests.conftest import CONFIGS, cli_args, only_run_dir
+from tests.test_digits import assert_same_eval_batches
 
 FAST = str(CONFIGS / "cifar10_fast.yaml")
 SHAPE = (3, 32, 32)
@@ -164,7 +165,7 @@ def test_compile_wraps_the_network_in_place_once(monkeypatch: pytest.MonkeyPatch
     assert list(model.state_dict()) == keys  # checkpoints keep the uncompiled names
 
 
-# ---- gpu_augment: equal to torchvision's CPU transforms ----------------------------------------
+# ---- device_augment: equal to torchvision's CPU transforms -------------------------------------
 
 
 def test_reflect_indices_mirror_without_repeating_the_edge() -> None:
@@ -248,7 +249,7 @@ def test_normalize_equals_to_dtype_then_normalize(channels_last: bool) -> None:
     torch.testing.assert_close(aug.normalize(images.float() / 255, MEAN, STD), expected, rtol=1e-6, atol=1e-6)
 
 
-# ---- DeviceCIFAR10DataModule on generated files -------------------------------------------------
+# ---- CIFAR10DataModule's device loader on generated files --------------------------------------
 
 
 @pytest.fixture
@@ -256,11 +257,9 @@ def cifar(tmp_path: Path) -> Cifar10Files:
     return write_cifar10(tmp_path / "data", per_batch=PER_BATCH, test_size=TEST_SIZE)
 
 
-def make_dm(
-    cifar: Cifar10Files, cls: type[CIFAR10DataModule] = DeviceCIFAR10DataModule, **kwargs: object
-) -> CIFAR10DataModule:
-    options: dict = {"val_fraction": 0.2, "batch_size": 8, "download": False, **kwargs}
-    dm = cls(data_dir=str(cifar.root), **options)
+def make_dm(cifar: Cifar10Files, **kwargs: object) -> CIFAR10DataModule:
+    options: dict = {"val_fraction": 0.2, "batch_size": 8, "download": False, "device_loader": True, **kwargs}
+    dm = CIFAR10DataModule(data_dir=str(cifar.root), **options)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -272,8 +271,8 @@ def epoch_indices(loader: DeviceBatches) -> list[int]:
 
 def test_batches_are_examples_on_the_device(cifar: Cifar10Files) -> None:
     dm = make_dm(cifar, channels_last=True)
-    assert isinstance(dm, DeviceCIFAR10DataModule)
     loader = dm.train_dataloader()
+    assert isinstance(loader, DeviceBatches)
     batches = list(loader)
     assert len(loader) == len(batches) == 6  # 48 training samples / 8
     for example in batches:
@@ -327,17 +326,10 @@ def test_training_images_are_translated_and_flipped_copies(cifar: Cifar10Files) 
 
 def test_val_and_test_batches_equal_the_cpu_datamodule(cifar: Cifar10Files) -> None:
     device_dm = make_dm(cifar)
-    cpu_dm = make_dm(cifar, cls=CIFAR10DataModule)
-    for split in ("val", "test"):
-        if split == "test":
-            device_dm.setup("test")
-            cpu_dm.setup("test")
-        device_batches = list(getattr(device_dm, f"{split}_dataloader")())
-        cpu_batches = list(getattr(cpu_dm, f"{split}_dataloader")())
-        assert len(device_batches) == len(cpu_batches)
-        for ours, theirs in zip(device_batches, cpu_batches, strict=True):
-            assert torch.equal(ours.index, theirs.index) and torch.equal(ours.label, theirs.label)
-            torch.testing.assert_close(ours.image, theirs.image, rtol=1e-6, atol=1e-6)
+    cpu_dm = make_dm(cifar, device_loader=False)
+    device_dm.setup("test")
+    cpu_dm.setup("test")
+    assert_same_eval_batches(device_dm, cpu_dm)
 
 
 def test_shard_splits_an_order_between_ranks() -> None:
@@ -379,7 +371,7 @@ def test_seeded_generator_depends_on_seed_epoch_and_stream() -> None:
 
 def test_bad_crop_padding_is_refused(cifar: Cifar10Files) -> None:
     with pytest.raises(UserError, match="crop_padding"):
-        DeviceCIFAR10DataModule(data_dir=str(cifar.root), crop_padding=32)
+        CIFAR10DataModule(data_dir=str(cifar.root), crop_padding=32)
 
 
 # ---- the config, end to end ---------------------------------------------------------------------
@@ -390,7 +382,8 @@ def test_fast_config_prints(capsys: pytest.CaptureFixture[str]) -> None:
         main(["fit", "--config", FAST, "--print_config"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "project.model.FastCifarNet" in out and "project.data.DeviceCIFAR10DataModule" in out
+    assert "project.model.FastCifarNet" in out and "project.data.CIFAR10DataModule" in out
+    assert "device_loader: true" in out
     assert "precision: bf16-mixed" in out
 
 
@@ -466,8 +459,7 @@ def test_device_resident_bf16_on_cuda(cifar: Cifar10Files) -> None:
         MEAN,
         STD,
         shuffle=True,
-        crop_padding=2,
-        flip=True,
+        augmentation=aug.Augmentation(crop_padding=2, flip=True),
         channels_last=True,
     )
     model = FastCifarNet(num_classes=10, in_shape=SHAPE, channels_last=True, tta_flip=True).to(cuda)

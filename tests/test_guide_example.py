@@ -1,4 +1,4 @@
-"""Step 8 of the guide: the worked example (tests/guide_example.py) runs through the real CLI."""
+"""Step 8 of the guide: the worked example (examples/guide_example.py) runs through the real CLI."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
+from examples.guide_example import ParityDigits, ParityExample, TwoHeadNet, TwoHeadPrediction
 from project.cli import main
 from project.data import DigitsDataModule
 from tests.conftest import CONFIGS, REPO, cli_args, read_wandb_summary
-from tests.guide_example import ParityDigits, ParityExample, TwoHeadNet, TwoHeadPrediction
 
-GUIDE_CONFIG = str(REPO / "tests" / "guide_example.yaml")
+GUIDE_CONFIG = str(REPO / "examples" / "guide_example.yaml")
 
 
 def test_new_example_fields_flow_through_the_data_module() -> None:

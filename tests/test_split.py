@@ -63,3 +63,8 @@ def test_bad_split_files_are_refused_clearly(tmp_path: Path, content: object, me
 def test_val_fraction_must_be_a_proper_fraction(fraction: float) -> None:
     with pytest.raises(UserError, match="val_fraction"):
         Split.random(10, val_fraction=fraction, seed=0)
+
+
+def test_a_folder_as_split_file_is_named_as_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"is a folder; pass the split\.json file"):
+        Split.load(tmp_path, num_samples=10)

@@ -3,6 +3,7 @@
     dm = CIFAR10DataModule(data_dir="data", batch_size=128)
     dm.prepare_data()   # downloads + md5-checks + unpacks once (Lightning calls it on one process per node)
     dm.setup("fit")     # reads the python batches; seeded 45k/5k train/val split
+    CIFAR10DataModule(device_loader=True, crop_padding=2)   # the fast path: batches made on the device
 
 Own code on torchvision's download helpers rather than lightning-bolts' CIFAR10DataModule: bolts'
 last release needs pytorch-lightning < 2. Without network, put `cifar-10-python.tar.gz` in
@@ -22,9 +23,9 @@ import torch
 from torch import Tensor
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
-from torchvision.transforms import v2
 
 from project.data.base import ClassificationDataModule
+from project.data.device_augment import Augmentation, PaddingMode
 from project.errors import UserError
 
 OFFLINE_COMMAND = "python -m project fit --config configs/digits.yaml"
@@ -41,6 +42,8 @@ class CIFAR10DataModule(ClassificationDataModule):
         data_dir: str = "data",
         download: bool = True,
         augment: bool = True,
+        crop_padding: int = 4,
+        padding_mode: PaddingMode = "reflect",
         url: str = CIFAR10.url,
         md5: str = CIFAR10.tgz_md5,
         download_timeout: float = 20.0,
@@ -50,16 +53,24 @@ class CIFAR10DataModule(ClassificationDataModule):
         Args:
             data_dir: folder holding `cifar-10-batches-py/` (or the archive, or nothing yet).
             download: fetch the archive when the batches are missing.
-            augment: random crop (4 px reflect padding) + horizontal flip on training images.
+            augment: random translation (`crop_padding`) + horizontal flip of training images.
+            crop_padding: translate training images by up to this many pixels (pad, then crop back to
+                32x32) when `augment` is on; 0: no translation. airbench uses 2.
+            padding_mode: what the padding holds: "reflect" (mirrored pixels) or "constant" (zeros).
             url: where the archive is downloaded from (a mirror, or a local server in tests).
             md5: checksum the downloaded archive must have.
             download_timeout: seconds without an answer before the download gives up.
-            **kwargs: batch size, split, dev subset and loader settings, see `ClassificationDataModule`.
+            **kwargs: batch size, split, dev subset and loader settings (the device loader too), see
+                `ClassificationDataModule`.
         """
         super().__init__(**kwargs)
+        if not 0 <= crop_padding < min(self.image_shape[1:]):
+            raise UserError(f"crop_padding must be in 0..{min(self.image_shape[1:]) - 1}, got {crop_padding}")
         self.data_dir = Path(data_dir)
         self.download = download
         self.augment = augment
+        self.crop_padding = crop_padding
+        self.padding_mode: PaddingMode = padding_mode
         self.url = url
         self.md5 = md5
         self.download_timeout = download_timeout
@@ -150,13 +161,7 @@ class CIFAR10DataModule(ClassificationDataModule):
     def load_test(self) -> tuple[Tensor, Tensor]:
         return self._read(CIFAR10.test_list)
 
-    def train_transform(self) -> v2.Transform:
+    def augmentation(self) -> Augmentation | None:
         if not self.augment:
-            return self.eval_transform()
-        return v2.Compose(
-            [
-                v2.RandomCrop(32, padding=4, padding_mode="reflect"),
-                v2.RandomHorizontalFlip(),
-                self.eval_transform(),
-            ]
-        )
+            return None
+        return Augmentation(crop_padding=self.crop_padding, padding_mode=self.padding_mode, flip=True)

@@ -2,7 +2,8 @@
 
 Ships inside scikit-learn, so it needs no download: the offline demo and the test dataset.
 A fixed, seeded 20 % test split is held out first (the same for every run); the rest is split into
-train/val by `seed` like any other dataset.
+train/val by `seed` like any other dataset. Training images are not augmented: a mirrored digit
+would be another symbol.
 
     dm = DigitsDataModule(batch_size=64)
     dm.setup("fit")   # ~1150 train / ~290 val images; dm.setup("test") -> 360 test images

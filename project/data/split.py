@@ -60,6 +60,8 @@ class Split:
     def load(cls, path: Path, num_samples: int) -> Split:
         """Read a saved split and check it fits a dataset of `num_samples`."""
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"split_file {path} is a folder; pass the split.json file of an earlier run")
         if not path.is_file():
             raise UserError(f"split_file {path} does not exist; pass the split.json of an earlier run")
         try:

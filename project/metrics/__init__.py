@@ -1,6 +1,19 @@
-"""Metrics: torchmetrics collections fed by `Example` and `Prediction` (see `ExampleMetrics`)."""
+"""Metrics: torchmetrics collections fed by `Example` and `Prediction`.
+
+base.py (`ExampleMetrics`, what BaseModel updates), table.py (metrics by short name),
+classification.py (the default `acc` and `f1`), configured.py (metrics declared in a config).
+"""
 
 from project.metrics.base import ExampleMetrics
 from project.metrics.classification import ClassificationMetrics
+from project.metrics.configured import ConfiguredMetrics, MetricTermConfig
+from project.metrics.table import METRICS, build_metric
 
-__all__ = ["ClassificationMetrics", "ExampleMetrics"]
+__all__ = [
+    "METRICS",
+    "ClassificationMetrics",
+    "ConfiguredMetrics",
+    "ExampleMetrics",
+    "MetricTermConfig",
+    "build_metric",
+]

@@ -1,8 +1,7 @@
-"""Models: `BaseModel` holds the loop; each variant adds its layers and `forward`.
-
-Add a model: a new file here with a `BaseModel` subclass, exported below, then name it in a config
-(`model.class_path: project.model.MyNet`).
-"""
+"""Models: `BaseModel` (base.py) holds the loop; each variant adds its layers and `forward`:
+`ConvNet`, `CifarResNet`, `FastCifarNet`, `LatentClassifier`/`AutoencoderClassifier`. losses.py reads
+loss terms from a config, pretrained.py loads sub-modules from earlier runs, components/ holds the
+plain `nn.Module` builders."""
 
 from project.model.autoencoder import AutoencoderClassifier, LatentClassifier, ReconstructionPrediction
 from project.model.base import BaseModel

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from project.model.base import BaseModel
 from project.model.components import MLP, ConvDecoder2d, ConvEncoder2d
-from project.model.terms import LossTermConfig
+from project.model.losses import LossTermConfig
 from project.structs import Example, Prediction
 
 

@@ -1,49 +1,74 @@
 """`BaseModel`: the training/evaluation loop written once, in terms of the structs.
 
 A variant subclasses it and overrides what differs, usually only `__init__` (its layers) and
-`forward`::
+`forward`; the README's "Make it yours" shows one. `compute_loss` gives another objective (a `Loss`
+of named, weighted terms: the total is logged every step, and each term too when there are
+several) and `create_metrics` other metrics (updated every step, logged once per epoch).
+`num_classes` and `in_shape` are filled in from the DataModule by the CLI, so model and data cannot
+disagree.
 
-    class MyNet(BaseModel[Example, Prediction]):
-        def __init__(self, num_classes: int, in_shape: tuple[int, int, int], width: int = 64, **kwargs):
-            super().__init__(num_classes, in_shape, **kwargs)
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), width), ...)
+The optimizer and LR scheduler are any `torch.optim` classes, chosen in the config with their own
+arguments (LightningCLI's `OptimizerCallable`); the length of a schedule is the run's number of
+optimizer steps, from the Trainer, never typed by hand::
 
-        def forward(self, example: Example) -> Prediction:
-            return Prediction(logits=self.net(example.image))
+    optimizer:
+      class_path: torch.optim.SGD
+      init_args: {lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 5.0e-4}
+    scheduler:
+      class_path: torch.optim.lr_scheduler.OneCycleLR
+      init_args: {max_lr: 0.1}
 
-Override `compute_loss` for another objective (it returns a `Loss` of named, weighted terms: the
-total is logged every step, and each term too when there are several) and `create_metrics` for
-other metrics (updated every step, logged once per epoch). `num_classes` and `in_shape` are filled in
-from the DataModule by the CLI, so model and data cannot disagree.
-
-Every constructor argument must be a plain value (number, string, tuple): `save_hyperparameters`
-stores them in the checkpoint, which `load_from_checkpoint` reads back with torch's safe
-`weights_only` loader and no extra arguments.
+Every other constructor argument must be a plain value (number, string, tuple):
+`save_hyperparameters` stores them in the checkpoint, which `load_from_checkpoint` reads back with
+torch's safe `weights_only` loader and no extra arguments.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, PolynomialLR
 
 from project.errors import UserError
-from project.metrics import ClassificationMetrics, ExampleMetrics
+from project.metrics import ClassificationMetrics, ConfiguredMetrics, ExampleMetrics, MetricTermConfig
+from project.model.losses import LossTermConfig, LossTerms
 from project.model.pretrained import PretrainedConfig, load_pretrained
-from project.model.terms import ConfiguredMetrics, LossTermConfig, LossTerms, MetricTermConfig
 from project.structs import Example, Loss, Prediction
 
 Stage = Literal["train", "val", "test"]
 E = TypeVar("E", bound=Example)
 P = TypeVar("P", bound=Prediction)
 
+# The argument that sets the length of a schedule, filled with the run's number of optimizer steps.
+SCHEDULE_LENGTH: dict[type | None, str] = {
+    OneCycleLR: "total_steps",
+    CosineAnnealingLR: "T_max",
+    LinearLR: "total_iters",
+    PolynomialLR: "total_iters",
+}
+
+
+class ScheduleFactory(Protocol):
+    """An LR scheduler class with its arguments from the config. The names after the optimizer are
+    left out of the config and `--help`: BaseModel passes the run's length as the one of them that
+    the class takes."""
+
+    def __call__(
+        self, optimizer: Optimizer, /, *, total_steps: int = ..., T_max: int = ..., total_iters: int = ...
+    ) -> LRScheduler: ...
+
 
 class BaseModel(pl.LightningModule, Generic[E, P]):
-    """Generic over its input `E` and output `P` types, so mypy checks a variant's field use."""
+    """A classifier's training, validation, test and prediction loop, generic over its input `E` and
+    output `P` structs (so mypy checks a variant's field use). Subclass it and add layers and `forward`."""
 
     # The struct types at run time: config-declared losses and metrics check their field names here.
     example_type: ClassVar[type[Example]] = Example
@@ -53,11 +78,8 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         self,
         num_classes: int,
         in_shape: tuple[int, int, int],
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 5e-4,
-        momentum: float = 0.9,
-        scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: ScheduleFactory | None = None,
         label_smoothing: float = 0.0,
         losses: list[LossTermConfig] | None = None,
         metrics: list[MetricTermConfig] | None = None,
@@ -67,32 +89,32 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         Args:
             num_classes: number of classes (linked from the DataModule).
             in_shape: input (channels, height, width) (linked from the DataModule).
-            optimizer: "adamw" or "sgd" (SGD uses `momentum` with Nesterov).
-            lr: learning rate; the peak rate for "onecycle", the start rate for "cosine".
-            weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
-            momentum: SGD momentum; ignored by AdamW.
-            scheduler: "onecycle" (warm-up then anneal), "cosine" (anneal to 0) or "none"; both
-                schedules span the whole run, counted in optimizer steps from the Trainer.
+            optimizer: any `torch.optim` optimizer with its arguments (lr, weight_decay, ...).
+            scheduler: any `torch.optim.lr_scheduler` class with its arguments, stepped every
+                optimizer step; None keeps the learning rate constant. OneCycleLR, CosineAnnealingLR,
+                LinearLR and PolynomialLR span the whole run: their length (total_steps, T_max,
+                total_iters) is the Trainer's number of optimizer steps.
             label_smoothing: cross-entropy label smoothing, 0 to disable.
-            losses: loss terms from the config (see model/terms.py); default: `compute_loss`.
-            metrics: metrics from the config (see model/terms.py); default: `create_metrics`.
+            losses: loss terms from the config (see model/losses.py); default: `compute_loss`.
+            metrics: metrics from the config (see metrics/configured.py); default: `create_metrics`.
             pretrained: sub-modules to load from earlier runs when fit starts, optionally frozen
                 (see model/pretrained.py).
         """
         super().__init__()
         if num_classes < 2:
             raise UserError(f"num_classes must be at least 2, got {num_classes}")
-        if lr <= 0:
-            raise UserError(f"lr must be positive, got {lr}")
-        if weight_decay < 0:
-            raise UserError(f"weight_decay must be >= 0, got {weight_decay}")
         if not 0.0 <= label_smoothing < 1.0:
             raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters()
+        self._plain_hyperparameters()
         self.num_classes = num_classes
         self.in_shape = tuple(in_shape)
+        self.make_optimizer = optimizer
+        self.make_scheduler = scheduler
+        self._check_optimization()
+        self.label_smoothing = label_smoothing
         self.loss_terms = LossTerms(losses, self.example_type, self.prediction_type) if losses else None
-        self.metric_terms = metrics
+        self.metric_configs = metrics
         self.pretrained = list(pretrained or [])
         self.frozen: list[nn.Module] = []
         # One collection per stage: each accumulates its own epoch. Not a ModuleDict keyed by stage,
@@ -109,19 +131,13 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
     def compute_loss(self, example: E, prediction: P) -> Loss:
         if self.loss_terms is not None:
             return self.loss_terms(example, prediction)
-        ce = F.cross_entropy(
-            prediction.logits, example.require_label(), label_smoothing=self.hparams["label_smoothing"]
-        )
+        ce = F.cross_entropy(prediction.logits, example.require_label(), label_smoothing=self.label_smoothing)
         return Loss({"ce": ce})
 
     def create_metrics(self, prefix: str) -> ExampleMetrics:
-        if self.hparams.get("metrics"):
+        if self.metric_configs:
             return ConfiguredMetrics(
-                self.hparams["metrics"],
-                self.num_classes,
-                self.example_type,
-                self.prediction_type,
-                prefix=prefix,
+                self.metric_configs, self.num_classes, self.example_type, self.prediction_type, prefix=prefix
             )
         return ClassificationMetrics(self.num_classes, prefix=prefix)
 
@@ -203,47 +219,68 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
     # ---- optimization -------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer: torch.optim.Optimizer
-        if hp["optimizer"] == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
-        elif hp["optimizer"] == "sgd":
-            optimizer = torch.optim.SGD(
-                params, lr=hp["lr"], momentum=hp["momentum"], nesterov=True, weight_decay=hp["weight_decay"]
-            )
-        else:
-            raise UserError(f"optimizer must be 'adamw' or 'sgd', got {hp['optimizer']!r}")
-        if hp["scheduler"] == "none":
+        optimizer = self.make_optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.make_scheduler is None:
             return optimizer
         # Derived from the Trainer (max_epochs/max_steps, limit_train_batches, accumulation, devices):
         # the schedule ends exactly when training does, whatever the config says.
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler: torch.optim.lr_scheduler.LRScheduler
-        if hp["scheduler"] == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp["lr"], total_steps=total_steps
+        steps = self.trainer.estimated_stepping_batches
+        if math.isinf(steps) and SCHEDULE_LENGTH.get(built_class(self.make_scheduler)):
+            raise UserError(
+                "the learning-rate schedule spans the whole run, but this run has no end (max_epochs -1): "
+                "set trainer.max_epochs or trainer.max_steps, or model.init_args.scheduler: null"
             )
-        elif hp["scheduler"] == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-        else:
-            raise UserError(f"scheduler must be 'onecycle', 'cosine' or 'none', got {hp['scheduler']!r}")
+        scheduler = self._build_scheduler(optimizer, max(1, int(min(steps, 2**62))))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _build_scheduler(self, optimizer: Optimizer, total_steps: int) -> LRScheduler:
+        assert self.make_scheduler is not None
+        length = SCHEDULE_LENGTH.get(built_class(self.make_scheduler))
+        return self.make_scheduler(optimizer, **({length: total_steps} if length else {}))
+
+    def _check_optimization(self) -> None:
+        """Build the optimizer and scheduler once on a stand-in parameter, so that a bad argument
+        (lr: -0.1) stops the run before it starts, in one line, rather than when training begins."""
+        for name in ("optimizer", "scheduler"):
+            try:
+                optimizer = self.make_optimizer([nn.Parameter(torch.zeros(1))])
+                if name == "scheduler" and self.make_scheduler is not None:
+                    self._build_scheduler(optimizer, total_steps=1)
+            except (ValueError, TypeError) as e:  # torch's own checks: "Invalid learning rate: -0.1"
+                raise UserError(f"model.init_args.{name}: {e}") from None
 
     def on_train_start(self) -> None:
         # A resumed run restores the original LR schedule, whose length was fixed at the start; a
         # schedule stretched or cut mid-run means nothing (OneCycle even fails at its last step).
-        expected = int(self.trainer.estimated_stepping_batches)
+        expected = self.trainer.estimated_stepping_batches
         for config in self.trainer.lr_scheduler_configs:
-            planned = getattr(config.scheduler, "total_steps", None) or getattr(
-                config.scheduler, "T_max", None
-            )
+            length = SCHEDULE_LENGTH.get(type(config.scheduler))
+            planned = getattr(config.scheduler, length) if length else None
             if planned is not None and int(planned) != expected:
                 raise UserError(
                     f"the checkpoint's learning-rate schedule spans {planned} steps but this run has "
                     f"{expected}: resume with the original trainer.max_epochs/max_steps/limit_train_batches "
-                    f"(or model.init_args.scheduler: none); to train longer, start a new run"
+                    f"(or model.init_args.scheduler: null); to train longer, start a new run"
                 )
+
+    def _plain_hyperparameters(self) -> None:
+        """From a config, LightningCLI saves the optimizer and scheduler as plain {class_path,
+        init_args}. Built in Python, they are a class or a partial, which the safe checkpoint loader
+        would refuse: store those as the same plain spec, rebuilt on load the way LightningCLI's are."""
+        for name in ("optimizer", "scheduler"):
+            factory = self.hparams.get(name)
+            if factory is None or isinstance(factory, dict):
+                continue
+            product = built_class(factory)
+            if product is None:  # e.g. a lambda: nothing plain to say, load_from_checkpoint uses the default
+                del self.hparams[name]
+                continue
+            init_args = dict(factory.keywords) if isinstance(factory, functools.partial) else {}
+            self.hparams[name] = {
+                "class_path": f"{product.__module__}.{product.__qualname__}",
+                "init_args": init_args,
+            }
+            self.hparams.setdefault("_instantiator", "pytorch_lightning.cli.instantiate_module")
 
     # ---- helpers for variants -----------------------------------------------------------------
 
@@ -257,3 +294,13 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
             out = module.eval()(torch.zeros(1, *in_shape))
         module.train(was_training)
         return math.prod(out.shape[1:])
+
+
+def built_class(factory: Any) -> type | None:
+    """The class an optimizer or scheduler factory builds: the factory itself, or the class inside
+    the `functools.partial` that jsonargparse makes of a config's class_path and init_args."""
+    if isinstance(factory, type):
+        return factory
+    if isinstance(factory, functools.partial):
+        return next((arg for arg in (factory.func, *factory.args) if isinstance(arg, type)), None)
+    return None

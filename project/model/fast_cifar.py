@@ -28,7 +28,7 @@ ResNet), not from their code:
 - **channels_last** and **torch.compile** (`compile`): GPU speed only; same numbers up to rounding.
 
 Label smoothing is `BaseModel`'s `label_smoothing`; bf16, device-resident data and GPU augmentation
-come from the config (`trainer.precision`) and `DeviceCIFAR10DataModule`. Not reproduced here:
+come from the config (`trainer.precision`, `data.init_args.device_loader`). Not reproduced here:
 airbench's lookahead/EMA of weights, frozen BatchNorm scales, a separate learning rate for biases,
 identity-initialized convolutions and multi-crop TTA, which together buy its last fractions of a
 percent and of a second.
@@ -162,6 +162,9 @@ class FastCifarNet(BaseModel[Example, Prediction]):
         self.register_buffer("whitened", torch.tensor(False))
         self.channels_last = channels_last
         self.tta_flip = tta_flip
+        self.whiten = whiten
+        self.whiten_eps = whiten_eps
+        self.compile_net = compile
         if channels_last:  # the conv weights here; inputs are converted in forward
             self.net.to(memory_format=torch.channels_last)
         self._whiten_pending = False
@@ -201,7 +204,7 @@ class FastCifarNet(BaseModel[Example, Prediction]):
         centered = patches - mean
         covariance = (centered.T @ centered / len(patches)).double()
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        scale = (eigenvalues.clamp_min(0) + self.hparams["whiten_eps"]).rsqrt()
+        scale = (eigenvalues.clamp_min(0) + self.whiten_eps).rsqrt()
         filters = (eigenvectors * scale).T.float()  # row k: eigenvector k / sqrt(eigenvalue k + eps)
         weight = torch.cat([filters, -filters])
         stem = self.stem
@@ -213,7 +216,7 @@ class FastCifarNet(BaseModel[Example, Prediction]):
     def on_train_start(self) -> None:
         super().on_train_start()
         # Read once (a device sync), not at every step; a restored checkpoint has it set already.
-        self._whiten_pending = bool(self.hparams["whiten"]) and not bool(self.whitened)
+        self._whiten_pending = self.whiten and not bool(self.whitened)
 
     def on_train_batch_start(self, batch: Example, batch_idx: int) -> None:
         if not self._whiten_pending:
@@ -234,7 +237,7 @@ class FastCifarNet(BaseModel[Example, Prediction]):
     def configure_model(self) -> None:
         # Lightning calls this before each fit/validate/test; compile once. nn.Module.compile works in
         # place, so the state_dict keys (and checkpoints) stay those of the uncompiled network.
-        if not self.hparams["compile"] or self._compile_done:
+        if not self.compile_net or self._compile_done:
             return
         self._compile_done = True
         try:

@@ -1,4 +1,5 @@
-"""A tiny, seeded CIFAR-10 in the exact on-disk format of the real one, for tests without network.
+"""A small, seeded, random CIFAR-10 in the exact on-disk format of the real one: what the tests and
+benchmarks read, without network.
 
     files = write_cifar10(tmp_path / "data")         # tmp_path/data/cifar-10-batches-py/{data_batch_1..5,...}
     archive = pack_archive(files, tmp_path / "srv")  # tmp_path/srv/cifar-10-python.tar.gz
@@ -31,10 +32,15 @@ META = "batches.meta"
 LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-class _Python2Pickler(pickle._Pickler):  # the pure-Python pickler: its opcodes can be overridden
+# The pure-Python pickler, whose opcodes can be overridden. Typed as Any: typeshed's stub of it lacks
+# the internals overridden and called here (dispatch, write, memoize).
+_PurePickler: Any = pickle._Pickler
+
+
+class _Python2Pickler(_PurePickler):
     """Protocol 2, with `str` and `bytes` written as Python 2 strings (opcodes U / T), as cPickle did."""
 
-    dispatch = pickle._Pickler.dispatch.copy()
+    dispatch = _PurePickler.dispatch.copy()
 
     def save_py2_str(self, obj: str | bytes) -> None:
         raw = obj.encode("latin1") if isinstance(obj, str) else obj

@@ -15,17 +15,22 @@ or in one call each: `random_crop_padded(images, 4, gen)`, `random_flip(images, 
 
 Everything is integer indexing or `torch.where`, so the uint8 results equal torchvision's exactly,
 on any device. Parameters are drawn on the generator's device and moved to the images' device: a
-generator on the images' device (as `DeviceCIFAR10DataModule` uses) needs no host copy.
+generator on the images' device (as the device loader uses) needs no host copy.
+
+`Augmentation` is what a dataset declares: the same crop and flip as torchvision transforms for the
+CPU DataLoader (`transforms`) and as one call on a batch for the device loader.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+from torchvision.transforms import v2
 
 PaddingMode = Literal["reflect", "constant"]
 
@@ -136,6 +141,33 @@ def random_crop_padded(
 def random_flip(images: Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> Tensor:
     """`flip` of a random half (probability `p`) of the images."""
     return flip(images, random_flip_flags(len(images), generator, images.device, p))
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """A random translation by up to `crop_padding` pixels (pad, then crop back to size; 0: none) and,
+    when `flip` is set, a random horizontal flip: how a dataset augments its training images."""
+
+    crop_padding: int = 0
+    padding_mode: PaddingMode = "reflect"
+    flip: bool = False
+
+    def transforms(self, size: tuple[int, int]) -> list[v2.Transform]:
+        """The per-image torchvision transforms of the CPU DataLoader, for (height, width) images."""
+        out: list[v2.Transform] = []
+        if self.crop_padding > 0:
+            out.append(v2.RandomCrop(size, padding=self.crop_padding, padding_mode=self.padding_mode))
+        if self.flip:
+            out.append(v2.RandomHorizontalFlip())
+        return out
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The same on a (B, C, H, W) batch, drawing from `generator`."""
+        if self.crop_padding > 0:
+            images = random_crop_padded(images, self.crop_padding, generator, self.padding_mode)
+        if self.flip:
+            images = random_flip(images, generator)
+        return images
 
 
 class FusedNormalize:
