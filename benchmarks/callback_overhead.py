@@ -52,7 +52,9 @@ def digits() -> pl.LightningDataModule:
 
 def cifar_shaped(root: Path) -> Callable[[], pl.LightningDataModule]:
     files = write_cifar10(root, per_batch=1000, test_size=10)
-    return lambda: CIFAR10DataModule(data_dir=str(files.root), download=False, batch_size=128, num_workers=0)
+    return lambda: CIFAR10DataModule(
+        data_dir=str(files.root), batch_md5=files.batch_md5, download=False, batch_size=128, num_workers=0
+    )
 
 
 def run(

@@ -50,9 +50,10 @@ def baseline_loader(root: Path, workers: int) -> DataLoader[tuple[torch.Tensor, 
     return DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=False)
 
 
-def ours_loader(root: Path, workers: int) -> Iterable[object]:
+def ours_loader(root: Path, workers: int, batch_md5: dict[str, str]) -> Iterable[object]:
     dm = CIFAR10DataModule(
         data_dir=str(root),
+        batch_md5=batch_md5,
         download=False,
         batch_size=BATCH,
         num_workers=workers,
@@ -79,8 +80,8 @@ def main() -> None:
     speeds: dict[str, list[float]] = {"torchvision CIFAR10 + DataLoader": [], "CIFAR10DataModule (ours)": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_cifar10(root, per_batch=2000, test_size=10)
-        baseline, ours = baseline_loader(root, args.workers), ours_loader(root, args.workers)
+        files = write_cifar10(root, per_batch=2000, test_size=10)
+        baseline, ours = baseline_loader(root, args.workers), ours_loader(root, args.workers, files.batch_md5)
         sizes = {"torchvision CIFAR10 + DataLoader": 10_000, "CIFAR10DataModule (ours)": 9_999}
         images_per_second(ours, 0)  # first use: page cache, worker start-up code paths
         for _ in range(args.repeats):

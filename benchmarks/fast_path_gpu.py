@@ -201,7 +201,9 @@ class EpochTimer(pl.Callback):
         self._close(pl_module)
 
 
-def ours_bare(root: Path, args: argparse.Namespace, config: dict[str, Any]) -> list[float]:
+def ours_bare(
+    root: Path, args: argparse.Namespace, config: dict[str, Any], batch_md5: dict[str, str]
+) -> list[float]:
     from pytorch_lightning.cli import instantiate_module
 
     from project.data import CIFAR10DataModule
@@ -219,6 +221,7 @@ def ours_bare(root: Path, args: argparse.Namespace, config: dict[str, Any]) -> l
         "data_dir": str(root),
         "download": False,
         "batch_size": args.batch_size,
+        "batch_md5": batch_md5,
     }
     trainer = pl.Trainer(
         accelerator=args.device, devices=1, max_epochs=args.epochs + 1, limit_val_batches=0,
@@ -231,7 +234,9 @@ def ours_bare(root: Path, args: argparse.Namespace, config: dict[str, Any]) -> l
     return timer.rates
 
 
-def ours_cli(root: Path, args: argparse.Namespace, config: dict[str, Any]) -> list[float]:
+def ours_cli(
+    root: Path, args: argparse.Namespace, config: dict[str, Any], batch_md5: dict[str, str]
+) -> list[float]:
     from project.cli import main
 
     # The timer is named by import path, as any callback in a config is; this file's folder is on sys.path.
@@ -241,6 +246,7 @@ def ours_cli(root: Path, args: argparse.Namespace, config: dict[str, Any]) -> li
         "--test_after_fit": "false",
         "--data.init_args.data_dir": str(root),
         "--data.init_args.download": "false",
+        "--data.init_args.batch_md5": json.dumps(batch_md5),
         "--data.init_args.batch_size": str(args.batch_size),
         "--model.init_args.widths": json.dumps(args.widths),
         "--trainer.max_epochs": str(args.epochs + 1),
@@ -306,7 +312,9 @@ def main(argv: list[str] | None = None) -> None:
         files = write_cifar10(Path(tmp), per_batch=args.images, test_size=10)
         from project.data import CIFAR10DataModule
 
-        split = CIFAR10DataModule(data_dir=tmp, download=False, batch_size=args.batch_size)
+        split = CIFAR10DataModule(
+            data_dir=tmp, batch_md5=files.batch_md5, download=False, batch_size=args.batch_size
+        )
         split.setup("fit")  # the same seeded training split the DataModules read
         assert split.split is not None
         chosen = torch.as_tensor(split.split.train)
@@ -314,8 +322,8 @@ def main(argv: list[str] | None = None) -> None:
         train = images, torch.as_tensor(files.train_labels)[chosen]
         for _ in range(args.repeats):
             rates["raw (airbench94 loop)"] += raw(train, args, hp)
-            rates["ours, bare Trainer"] += ours_bare(Path(tmp), args, config)
-            rates["ours, CLI defaults"] += ours_cli(Path(tmp), args, config)
+            rates["ours, bare Trainer"] += ours_bare(Path(tmp), args, config, files.batch_md5)
+            rates["ours, CLI defaults"] += ours_cli(Path(tmp), args, config, files.batch_md5)
     base = statistics.median(rates["raw (airbench94 loop)"])
     rows = [
         {

@@ -108,8 +108,8 @@ class ProjectCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit and getattr(self.datamodule, "has_test_split", False):
-            best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+            best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")  # 1st ModelCheckpoint
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
 def _plain(value: Any) -> Any:

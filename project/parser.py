@@ -3,7 +3,7 @@
 jsonargparse reports a typo inside a model's arguments as a page of union-type errors. This parser
 boils each common mistake down to what is wrong and the closest valid keys:
 
-    error: model.init_args.lrr is not an argument of project.model.ConvNet; did you mean lr?
+    error: model.init_args.dropoutt is not an argument of project.model.ConvNet; did you mean dropout?
     error: trainer.max_epoch is not an option of `fit`; did you mean trainer.max_epochs?
     error: data.init_args.batch_size: expected int, got 'abc'
     error: trainer.precision: expected one of 64, 32, 16, '16-mixed', 'bf16-mixed', ... or null, got 'x'

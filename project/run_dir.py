@@ -11,14 +11,27 @@ its outputs.
         plots/             visualizations per stage and epoch (PNG + JSON)
         predictions.csv    from `predict`
         wandb/             the offline W&B run (`wandb sync` uploads it)
+        .lock              the host and pid of the job writing here (one job at a time)
 
 The folder is named `<timestamp>-<model>` unless --run_name says otherwise. Relative `save_dir` and
 `dirpath` values of loggers and callbacks are read as relative to it.
+
+One job writes to a run directory at a time: the job's rank 0 holds a lock on its `.lock` file (which
+names the holder's host and pid) for as long as the command runs. A second job, say a requeued one
+racing a manual restart, is refused with one line naming the holder. The operating system releases
+the lock when the holder exits however it exits, SIGKILL included, so the next start takes over.
+The other processes of the same job (DDP ranks, torchrun and SLURM ranks) do not take it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
+import re
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,13 +41,19 @@ from typing import Any, Literal
 from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, SaveConfigCallback
 
+from project.checkpoint_io import check_checkpoint
 from project.errors import UserError
-from project.wandb_setup import name_wandb_run
+from project.files import atomic_write
+from project.wandb_setup import name_wandb_run, wandb_run_id
 
 # Lightning's DDP launcher re-runs the command in child processes that inherit the environment:
 # rank 0 publishes its run directory here so every rank writes to the same one.
 RUN_DIR_ENV = "PROJECT_RUN_DIR"
 DEFAULT_RUNS_ROOT = "runs"
+LOCK_FILE = ".lock"
+# Lightning's names for `last` checkpoints (last.ckpt, last-v1.ckpt): what --ckpt_path last resolves to.
+LAST_CHECKPOINT = re.compile(r"last(-v\d+)?\.ckpt")
+_locks: dict[Path, int] = {}  # run directory -> the open lock file this process holds it with
 Resume = Literal["never", "last", "auto"]
 
 
@@ -115,9 +134,11 @@ def resolve_run_dir(root: Path, name: str | None, parts: list[str], resume: Resu
         if resume == "last":
             if not run_dir.is_dir():
                 raise UserError(f"cannot resume run {name!r}: {run_dir} does not exist")
+            lock_run_dir(run_dir)
             return run_dir, True
         if resume == "auto":
             _make_dirs(run_dir, root)
+            lock_run_dir(run_dir)  # before looking at its checkpoints: another job may be writing them
             return run_dir, (run_dir / "checkpoints" / "last.ckpt").is_file()
         if run_dir.exists():
             raise UserError(
@@ -125,6 +146,7 @@ def resolve_run_dir(root: Path, name: str | None, parts: list[str], resume: Resu
                 "or add --ckpt_path last (or --resume auto) to resume that run"
             )
         _make_dirs(run_dir, root)
+        lock_run_dir(run_dir)
         return run_dir, False
     _make_dirs(root, root)
     default_name = timestamped_name(*parts)
@@ -132,12 +154,59 @@ def resolve_run_dir(root: Path, name: str | None, parts: list[str], resume: Resu
         run_dir = root / (default_name if attempt == 0 else f"{default_name}-{attempt + 1}")
         try:
             run_dir.mkdir()  # atomic: two runs started in the same second get different folders
+            lock_run_dir(run_dir)
             return run_dir, False
         except FileExistsError:
             continue
         except OSError as e:
             raise _unusable_root(root, e) from None
     raise UserError(f"could not create a new run directory under {root}")
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold the run directory for this process until `release_run_dirs`, or refuse with one line
+    naming the job that holds it. A POSIX record lock (fcntl): the OS drops it when the process ends,
+    however it ends; forked workers (DataLoader) do not inherit it."""
+    run_dir = run_dir.resolve()
+    if run_dir in _locks:
+        return
+    path = run_dir / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):  # a file system without locks (some NFS setups)
+                os.close(fd)
+                print(f"warning: cannot lock {path} ({e.strerror}): a second job here would not be refused",
+                      file=sys.stderr)  # fmt: skip
+                return
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "a process that has not yet written"
+            os.close(fd)
+            raise UserError(
+                f"run directory {run_dir} is in use by another job ({holder}); wait for it to end or stop "
+                "it: one job writes to a run directory at a time"
+            ) from None
+        try:  # a holder that was ending may have removed the file after we opened it: lock the one on disk
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {since}\n".encode())
+    _locks[run_dir] = fd
+
+
+def release_run_dirs() -> None:
+    """Release the run directories this process holds; a lock file alone in its folder goes too."""
+    for run_dir, fd in list(_locks.items()):
+        with contextlib.suppress(OSError):  # the folder may be gone
+            if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+                (run_dir / LOCK_FILE).unlink()
+        os.close(fd)
+        del _locks[run_dir]
 
 
 def _make_dirs(path: Path, root: Path) -> None:
@@ -158,9 +227,7 @@ def _unusable_root(root: Path, error: OSError) -> UserError:
 def point_outputs_into(config: Namespace, run_dir: Path, resuming: bool) -> None:
     """Point a command's config (a copy: the user's is saved as given) at its run directory: the
     Trainer's root, relative `save_dir`/`dirpath` of loggers and callbacks, the W&B run, and with
-    --resume auto the checkpoint to continue from."""
-    if config.resume == "auto" and resuming:
-        config.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+    --resume auto or --ckpt_path last the checkpoint to continue from, checked."""
     config.trainer.default_root_dir = str(run_dir)
     loggers = _entries(config.trainer.logger)
     for spec in loggers + _entries(config.trainer.callbacks):
@@ -168,7 +235,53 @@ def point_outputs_into(config: Namespace, run_dir: Path, resuming: bool) -> None
             value = spec.init_args.get(key) if spec.get("init_args") is not None else None
             if value is not None and not Path(value).is_absolute():
                 spec.init_args[key] = str(run_dir / value)
-    name_wandb_run(loggers, run_dir, resuming)
+    # A job killed before its first checkpoint starts over, but into the W&B run it had begun: one
+    # W&B run per run directory.
+    name_wandb_run(
+        loggers, run_dir, resuming or (config.resume == "auto" and wandb_run_id(run_dir) is not None)
+    )
+    if config.resume == "auto" and resuming:
+        config.ckpt_path = str(intact_checkpoint(run_dir / "checkpoints" / "last.ckpt"))
+    elif config.get("ckpt_path") == "last":
+        # Lightning resolves `last` to the newest last*.ckpt in its ModelCheckpoints' folders: check
+        # that file, so a broken one gets the same one line as when given by its path.
+        folders = {Path(s.init_args.dirpath) for s in _entries(config.trainer.callbacks) if _dirpath(s)}
+        found = [p for folder in folders for p in _files(folder) if LAST_CHECKPOINT.fullmatch(p.name)]
+        if found:
+            check_checkpoint(max(found, key=lambda p: p.stat().st_mtime))
+
+
+def intact_checkpoint(last: Path) -> Path:
+    """`last` if it is a complete checkpoint, else the newest complete one beside it, with a warning
+    line: an unattended job (--resume auto) goes on from the state nearest to where it stopped."""
+    try:
+        check_checkpoint(last)
+        return last
+    except UserError as problem:
+        others = sorted(_files(last.parent), key=lambda p: p.stat().st_mtime, reverse=True)
+        for other in (p for p in others if p.suffix == ".ckpt" and p != last):
+            try:
+                check_checkpoint(other)
+            except UserError:
+                continue
+            print(f"warning: {problem}; resuming from {other}, the newest intact checkpoint", file=sys.stderr)
+            return other
+        raise UserError(
+            f"{problem}; there is no other intact checkpoint in {last.parent} to resume from"
+        ) from None
+
+
+def _dirpath(spec: Any) -> bool:
+    init_args = spec.get("init_args")
+    return (
+        str(spec.class_path).endswith("ModelCheckpoint")
+        and init_args is not None
+        and bool(init_args.get("dirpath"))
+    )
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
 
 
 def _entries(value: Any) -> list[Any]:
@@ -193,14 +306,22 @@ class RunConfigSaver(SaveConfigCallback):
         super().__init__(parser, config, **kwargs)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        if (log_dir / self.config_filename).exists():
-            name = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn enum ("fit")
-            n = 2
-            while (log_dir / f"config.{name}.{n}.yaml").exists():
-                n += 1
-            self.config_filename = f"config.{name}.{n}.yaml"
-        super().setup(trainer, pl_module, stage)
+        if self.already_saved:
+            return
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir broadcasts
+        if trainer.is_global_zero:
+            if (log_dir / self.config_filename).exists():
+                name = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn enum ("fit")
+                n = 2
+                while (log_dir / f"config.{name}.{n}.yaml").exists():
+                    n += 1
+                self.config_filename = f"config.{name}.{n}.yaml"
+            # Whole or not at all, as every file of a run (project/files.py), with the umask's mode.
+            with atomic_write(log_dir / self.config_filename) as f:
+                f.write(self.parser.dump(self.config, skip_none=False))
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
         for logger in trainer.loggers:
@@ -218,6 +339,7 @@ def forgetting_run_dir() -> Iterator[None]:
         yield
     finally:
         run_dir = os.environ.pop(RUN_DIR_ENV, None)
+        release_run_dirs()
         if run_dir and Path(run_dir).is_dir() and not any(Path(run_dir).iterdir()):
             Path(run_dir).rmdir()
 

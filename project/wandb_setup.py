@@ -73,14 +73,27 @@ def wandb_run_id(run_dir: Path) -> str | None:
 
 def name_wandb_run(logger_specs: list[Any], run_dir: Path, resuming: bool) -> None:
     """Fill in the name (the run directory's) and, on a resume, the id of every WandbLogger config
-    entry that does not set them, before the loggers are built."""
+    entry that does not set them, before the loggers are built; keep W&B's staged files in the run."""
     for spec in logger_specs:
         if not str(spec.class_path).endswith("WandbLogger"):
             continue
+        keep_staged_files_in(run_dir / "wandb")
         if spec.init_args.get("name") is None:
             spec.init_args["name"] = run_dir.name
         if resuming and spec.init_args.get("id") is None:
             spec.init_args["id"] = wandb_run_id(run_dir)
+
+
+_data_dir_set_here: str | None = None
+
+
+def keep_staged_files_in(folder: Path) -> None:
+    """W&B copies every logged table and image into `$WANDB_DATA_DIR/artifacts/staging` (default
+    ~/.local/share/wandb), where an offline run leaves them for good: ~50 files a fit. Unless the
+    user chose that folder, it is the run's own, beside the run `wandb sync` uploads them with."""
+    global _data_dir_set_here
+    if os.environ.get("WANDB_DATA_DIR") in (None, _data_dir_set_here):
+        _data_dir_set_here = os.environ["WANDB_DATA_DIR"] = str(folder.resolve())
 
 
 def drop_anonymous_setting(loggers: list[Logger]) -> None:

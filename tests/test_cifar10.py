@@ -93,8 +93,11 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{unused_port()}/{ARCHIVE_NAME}"
 
 
-def make_dm(data_dir: Path, **kwargs: object) -> CIFAR10DataModule:
+def make_dm(data_dir: Path, files: Cifar10Files | None = None, **kwargs: object) -> CIFAR10DataModule:
+    """A DataModule on `data_dir`, told the md5s of the generated `files` it is to read."""
     options: dict = {"val_fraction": 0.2, "batch_size": 4, **kwargs}
+    if files is not None:
+        options["batch_md5"] = files.batch_md5
     return CIFAR10DataModule(data_dir=str(data_dir), **options)
 
 
@@ -135,7 +138,7 @@ def test_generated_batches_load_like_python2_pickles(cifar: Cifar10Files) -> Non
 
 
 def test_setup_fit_reads_the_same_pool_as_torchvision(cifar: Cifar10Files) -> None:
-    dm = make_dm(cifar.root, download=False)
+    dm = make_dm(cifar.root, cifar, download=False)
     dm.setup("fit")
     reference = torchvision_cifar10(cifar, train=True)
     pool = dm.datasets["train"].images
@@ -146,7 +149,7 @@ def test_setup_fit_reads_the_same_pool_as_torchvision(cifar: Cifar10Files) -> No
 
 
 def test_setup_test_reads_the_same_test_set_as_torchvision(cifar: Cifar10Files) -> None:
-    dm = make_dm(cifar.root, download=False)
+    dm = make_dm(cifar.root, cifar, download=False)
     dm.setup("test")
     reference = torchvision_cifar10(cifar, train=False)
     test = dm.datasets["test"]
@@ -158,7 +161,7 @@ def test_setup_test_reads_the_same_test_set_as_torchvision(cifar: Cifar10Files) 
 
 def test_pool_is_the_generated_rows_in_channel_planar_layout(cifar: Cifar10Files) -> None:
     """Row byte c*1024 + y*32 + x is channel c, pixel (y, x); batches 1..5 are concatenated in order."""
-    dm = make_dm(cifar.root, download=False)
+    dm = make_dm(cifar.root, cifar, download=False)
     dm.setup("fit")
     pool = dm.datasets["train"].images
     np.testing.assert_array_equal(pool.numpy(), cifar.train_images)
@@ -173,7 +176,7 @@ def test_pool_is_the_generated_rows_in_channel_planar_layout(cifar: Cifar10Files
 def test_prepare_data_downloads_unpacks_and_setup_reads(
     source: Cifar10Files, archive: Path, archive_url: str, empty_data_dir: Path
 ) -> None:
-    dm = make_dm(empty_data_dir, url=archive_url, md5=md5sum(archive))
+    dm = make_dm(empty_data_dir, source, url=archive_url, md5=md5sum(archive))
     dm.prepare_data()
     for name in [*TRAIN_BATCHES, TEST_BATCH, META]:
         assert (dm.batches_dir / name).read_bytes() == source.path(name).read_bytes()
@@ -214,11 +217,11 @@ def test_prepare_data_without_download_and_without_files_raises(dead_url: str, e
 
 @pytest.mark.parametrize("download", [True, False])
 def test_prepare_data_unpacks_archive_placed_by_hand_without_network(
-    archive: Path, dead_url: str, empty_data_dir: Path, download: bool
+    source: Cifar10Files, archive: Path, dead_url: str, empty_data_dir: Path, download: bool
 ) -> None:
     (empty_data_dir / ARCHIVE_NAME).write_bytes(archive.read_bytes())
     # Any download attempt would fail on dead_url; with download=False the archive is still unpacked.
-    dm = make_dm(empty_data_dir, url=dead_url, md5=md5sum(archive), download=download)
+    dm = make_dm(empty_data_dir, source, url=dead_url, md5=md5sum(archive), download=download)
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.datasets["train"].images) == 5 * PER_BATCH
@@ -243,7 +246,7 @@ def test_prepare_data_does_nothing_when_batches_are_there(cifar: Cifar10Files, d
 def test_damaged_batch_file_is_a_user_error_naming_the_file(cifar: Cifar10Files, damage) -> None:
     path = cifar.path("data_batch_3")
     path.write_bytes(damage(path.read_bytes()))
-    dm = make_dm(cifar.root, download=False)
+    dm = make_dm(cifar.root, cifar, download=False)
     with pytest.raises(UserError) as info:
         dm.setup("fit")
     assert str(path) in str(info.value)
@@ -260,14 +263,52 @@ def test_damaged_batch_file_is_a_user_error_naming_the_file(cifar: Cifar10Files,
 def test_garbage_that_confuses_pickle_is_still_a_user_error(cifar: Cifar10Files, garbage: bytes) -> None:
     cifar.path(TEST_BATCH).write_bytes(garbage)
     with pytest.raises(UserError, match=TEST_BATCH):
-        make_dm(cifar.root, download=False).setup("test")
+        make_dm(cifar.root, cifar, download=False).setup("test")
+
+
+# ---- digests checked before unpickling ------------------------------------------------------
+
+
+class _Marker:
+    """A pickle that, once unpickled, creates a file: what a replaced batch file could run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def test_official_digests_by_default(cifar: Cifar10Files) -> None:
+    """Without batch_md5 the official files are expected: torchvision's digests, not the generated."""
+    official = {name: md5 for name, md5 in [*CIFAR10.train_list, *CIFAR10.test_list]}
+    assert make_dm(cifar.root).batch_md5 == official
+    with pytest.raises(
+        UserError, match=r"data_batch_1 has md5 \w+, not the expected " + official["data_batch_1"]
+    ):
+        make_dm(cifar.root, download=False).setup("fit")
+
+
+def test_a_replaced_batch_file_is_never_unpickled(cifar: Cifar10Files, tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    cifar.path(TEST_BATCH).write_bytes(pickle.dumps({"data": _Marker(marker), "labels": [0]}))
+    with pytest.raises(UserError) as info:
+        make_dm(cifar.root, cifar, download=False).setup("test")
+    assert not marker.exists()
+    message = str(info.value)
+    assert str(cifar.path(TEST_BATCH)) in message and "not read" in message and "\n" not in message
+
+
+def test_batch_md5_must_name_every_batch_file(cifar: Cifar10Files) -> None:
+    with pytest.raises(UserError, match=r"no md5 for the CIFAR-10 files \['test_batch'\]"):
+        make_dm(cifar.root, batch_md5={name: "0" * 32 for name in TRAIN_BATCHES})
 
 
 # ---- what the loaders yield ------------------------------------------------------------------
 
 
 def test_train_loader_yields_example_batches(cifar: Cifar10Files) -> None:
-    dm = make_dm(cifar.root, download=False)
+    dm = make_dm(cifar.root, cifar, download=False)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert isinstance(batch, Example)
@@ -278,7 +319,7 @@ def test_train_loader_yields_example_batches(cifar: Cifar10Files) -> None:
 
 
 def test_val_sample_is_the_normalized_generated_image_at_its_index(cifar: Cifar10Files) -> None:
-    dm = make_dm(cifar.root, download=False, augment=False)
+    dm = make_dm(cifar.root, cifar, download=False, augment=False)
     dm.setup("fit")
     val = dm.datasets["val"]
     assert len(val) == round(0.2 * 5 * PER_BATCH)
@@ -295,7 +336,7 @@ def test_val_sample_is_the_normalized_generated_image_at_its_index(cifar: Cifar1
 @pytest.mark.parametrize("crop_padding", [4, 0])
 def test_training_images_are_augmented_as_torchvision_does(cifar: Cifar10Files, crop_padding: int) -> None:
     """The DataLoader's augmentation: reflect-padded random crop (unless crop_padding is 0) and flip."""
-    dm = make_dm(cifar.root, download=False, crop_padding=crop_padding)
+    dm = make_dm(cifar.root, cifar, download=False, crop_padding=crop_padding)
     dm.setup("fit")
     crop = [v2.RandomCrop(32, padding=crop_padding, padding_mode="reflect")] if crop_padding else []
     expected = v2.Compose([*crop, v2.RandomHorizontalFlip(), dm.eval_transform()])
@@ -309,7 +350,7 @@ def test_training_images_are_augmented_as_torchvision_does(cifar: Cifar10Files, 
 
 
 def test_dev_subset_keeps_five_samples_per_split(cifar: Cifar10Files) -> None:
-    dm = make_dm(cifar.root, download=False, dev_subset=5)
+    dm = make_dm(cifar.root, cifar, download=False, dev_subset=5)
     dm.setup("fit")
     dm.setup("test")
     assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (5, 5, 5)

@@ -236,6 +236,7 @@ def test_default_cifar10_demo_trains_from_files_on_disk(tmp_path: Path, runs_dir
         cli_args(
             "fit", "--config", str(CONFIGS / "cifar10.yaml"),
             "--data.init_args.data_dir", str(files.root), "--data.init_args.download", "false",
+            "--data.init_args.batch_md5", json.dumps(files.batch_md5),
             "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
             "--trainer.max_epochs", "1", runs_dir=runs_dir,
         )

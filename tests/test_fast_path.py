@@ -259,7 +259,7 @@ def cifar(tmp_path: Path) -> Cifar10Files:
 
 def make_dm(cifar: Cifar10Files, **kwargs: object) -> CIFAR10DataModule:
     options: dict = {"val_fraction": 0.2, "batch_size": 8, "download": False, "device_loader": True, **kwargs}
-    dm = CIFAR10DataModule(data_dir=str(cifar.root), **options)
+    dm = CIFAR10DataModule(data_dir=str(cifar.root), batch_md5=cifar.batch_md5, **options)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -400,6 +400,8 @@ def test_fast_config_fits_end_to_end_on_cpu(cifar: Cifar10Files, tmp_path: Path)
             "cpu",
             "--data.init_args.data_dir",
             str(cifar.root),
+            "--data.init_args.batch_md5",
+            json.dumps(cifar.batch_md5),
             "--data.init_args.download",
             "false",
             "--data.init_args.batch_size",

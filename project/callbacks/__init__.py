@@ -5,6 +5,7 @@ metrics.json and predictions.csv, and the guards of a run (rng_state.py, nonfini
 from project.callbacks.base import EpochCallback
 from project.callbacks.confusion import ConfusionMatrix
 from project.callbacks.metrics_file import FinalMetricsFile
+from project.callbacks.moved_run import MovedRunDir
 from project.callbacks.nonfinite_loss import NonFiniteLossGuard
 from project.callbacks.prediction_writer import PredictionWriter
 from project.callbacks.rng_state import RNGState
@@ -16,6 +17,7 @@ __all__ = [
     "ConfusionMatrix",
     "EpochCallback",
     "FinalMetricsFile",
+    "MovedRunDir",
     "NonFiniteLossGuard",
     "PredictionWriter",
     "RNGState",

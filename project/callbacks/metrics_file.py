@@ -12,15 +12,14 @@ writes, to a temporary file renamed over the old one, so the file is never half-
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
+
+from project.files import atomic_write
 
 
 class FinalMetricsFile(pl.Callback):
@@ -48,16 +47,8 @@ class FinalMetricsFile(pl.Callback):
             return
         path = Path(trainer.default_root_dir) / self.filename
         previous = json.loads(path.read_text()) if path.is_file() else {}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(previous | metrics, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            f.write(json.dumps(previous | metrics, indent=2, sort_keys=True) + "\n")
 
 
 def final_metrics(trainer: pl.Trainer) -> dict[str, Any]:

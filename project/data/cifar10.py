@@ -2,16 +2,22 @@
 
     dm = CIFAR10DataModule(data_dir="data", batch_size=128)
     dm.prepare_data()   # downloads + md5-checks + unpacks once (Lightning calls it on one process per node)
-    dm.setup("fit")     # reads the python batches; seeded 45k/5k train/val split
+    dm.setup("fit")     # md5-checks, then reads the python batches; seeded 45k/5k train/val split
     CIFAR10DataModule(device_loader=True, crop_padding=2)   # the fast path: batches made on the device
 
 Own code on torchvision's download helpers rather than lightning-bolts' CIFAR10DataModule: bolts'
 last release needs pytorch-lightning < 2. Without network, put `cifar-10-python.tar.gz` in
 `data_dir` (it is unpacked on the next run) or train offline on `DigitsDataModule`.
+
+The batch files are pickles, and unpickling a file runs whatever code it names. So each file's md5
+is checked against the official one (torchvision's `CIFAR10.train_list`/`test_list`) before it is
+unpickled; a file that differs is never unpickled. Another copy (the generated CIFAR-10 of the tests,
+fake_cifar10.py) is read only when its own digests are passed as `batch_md5`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import socket
 import urllib.error
@@ -29,6 +35,8 @@ from project.data.device_augment import Augmentation, PaddingMode
 from project.errors import UserError
 
 OFFLINE_COMMAND = "python -m project fit --config configs/digits.yaml"
+# The md5 of each official python batch file, by name, as torchvision checks them.
+OFFICIAL_BATCH_MD5 = {name: md5 for name, md5 in [*CIFAR10.train_list, *CIFAR10.test_list]}
 
 
 class CIFAR10DataModule(ClassificationDataModule):
@@ -47,6 +55,7 @@ class CIFAR10DataModule(ClassificationDataModule):
         url: str = CIFAR10.url,
         md5: str = CIFAR10.tgz_md5,
         download_timeout: float = 20.0,
+        batch_md5: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -60,6 +69,9 @@ class CIFAR10DataModule(ClassificationDataModule):
             url: where the archive is downloaded from (a mirror, or a local server in tests).
             md5: checksum the downloaded archive must have.
             download_timeout: seconds without an answer before the download gives up.
+            batch_md5: the md5 of each batch file (data_batch_1..5, test_batch), checked before the
+                file is unpickled; default (null): the official ones. Only to read another copy,
+                e.g. the generated one of the tests (fake_cifar10.py: `Cifar10Files.batch_md5`).
             **kwargs: batch size, split, dev subset and loader settings (the device loader too), see
                 `ClassificationDataModule`.
         """
@@ -74,6 +86,11 @@ class CIFAR10DataModule(ClassificationDataModule):
         self.url = url
         self.md5 = md5
         self.download_timeout = download_timeout
+        expected = OFFICIAL_BATCH_MD5 if batch_md5 is None else dict(batch_md5)
+        missing = sorted(set(OFFICIAL_BATCH_MD5) - set(expected))
+        if missing:
+            raise UserError(f"batch_md5 gives no md5 for the CIFAR-10 files {missing}")
+        self.batch_md5 = expected
 
     @property
     def batches_dir(self) -> Path:
@@ -131,9 +148,19 @@ class CIFAR10DataModule(ClassificationDataModule):
             raise UserError(
                 f"CIFAR-10 file {path} is missing; delete {self.batches_dir}/ and run again to unpack it"
             )
+        # Unpickling runs any code the file names: only a file with the expected digest is read.
+        expected = self.batch_md5[path.name]
+        with open(path, "rb") as f:
+            raw = f.read()
+        actual = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+        if actual != expected:
+            raise UserError(
+                f"CIFAR-10 file {path} has md5 {actual}, not the expected {expected}: it is not the "
+                f"official file (truncated, corrupt or replaced) and is not read. Delete "
+                f"{self.batches_dir}/ and run again to unpack a fresh copy."
+            )
         try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
+            entry = pickle.loads(raw, encoding="latin1")
             data = np.asarray(entry["data"], dtype=np.uint8)
             labels = np.asarray(entry["labels"])
             if not np.issubdtype(labels.dtype, np.integer):

@@ -2,6 +2,7 @@
 benchmarks read, without network.
 
     files = write_cifar10(tmp_path / "data")         # tmp_path/data/cifar-10-batches-py/{data_batch_1..5,...}
+    CIFAR10DataModule(data_dir=str(files.root), batch_md5=files.batch_md5)   # reads these, not the real ones
     archive = pack_archive(files, tmp_path / "srv")  # tmp_path/srv/cifar-10-python.tar.gz
     md5sum(archive)
 
@@ -9,6 +10,10 @@ Like the real files (pickled by Python 2), every string in the batches is a Pyth
 as `str` with `pickle.load(f, encoding="latin1")` (what torchvision does) and as `bytes` with
 `encoding="bytes"`. `data` is a uint8 numpy array (N, 3072), channel-planar: 1024 red bytes (row by
 row), then 1024 green, then 1024 blue; `labels` is a list of ints 0..9.
+
+Their digests differ from the official ones, which `CIFAR10DataModule` checks before unpickling a
+batch: `batch_md5` holds the digests of the files as written, for its `batch_md5` argument (on the
+command line: `--data.init_args.batch_md5 '<json.dumps(files.batch_md5)>'`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import hashlib
 import io
 import pickle
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +86,9 @@ class Cifar10Files:
     train_labels: list[int]
     test_data: np.ndarray
     test_labels: list[int]
+    batch_md5: dict[str, str] = field(default_factory=dict)
+    """The md5 of each batch file (data_batch_1..5, test_batch) as written: CIFAR10DataModule's
+    `batch_md5` argument. Recorded when written, so a file damaged since then fails the check."""
 
     @property
     def batches_dir(self) -> Path:
@@ -139,6 +147,7 @@ def write_cifar10(root: Path, per_batch: int = 12, test_size: int = 10, seed: in
         train_labels=[label for _, labels in train_parts for label in labels],
         test_data=test_data,
         test_labels=test_labels,
+        batch_md5={name: md5sum(batches_dir / name) for name in [*TRAIN_BATCHES, TEST_BATCH]},
     )
 
 

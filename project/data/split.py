@@ -8,14 +8,13 @@ same = Split.load(run_dir / "split.json", num_samples=50_000)   # checked agains
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from project.errors import UserError
+from project.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,8 @@ class Split:
             raise UserError(
                 f"{path} already holds a different split; it is left as it is. Use a new run directory."
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with atomic_write(path) as f:
             json.dump(asdict(self), f)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path, num_samples: int) -> Split:

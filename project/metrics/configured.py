@@ -7,13 +7,16 @@
           - {name: recon_mae, fn: torchmetrics.MeanAbsoluteError, prediction: reconstruction, target: image}
 
 `fn` is a short name of the metrics table (metrics/table.py: `accuracy`, `f1`), built with the run's
-number of classes, or a torchmetrics `Metric` class path; `args` passes keyword arguments to it.
+number of classes, or the path of a `Metric` class in torchmetrics or this project's package (nothing
+else is imported, and only a `Metric` class is called: see terms.py); `args` passes keyword arguments
+to it.
 `prediction` and `target` name fields of the model's `Prediction` and `Example` types, checked when
 the model is built. Each metric is logged under its `name` (`val/recon_mae`).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, NotRequired, TypedDict
 
 from torchmetrics import Metric, MetricCollection
@@ -22,7 +25,25 @@ from project.errors import UserError
 from project.metrics.base import ExampleMetrics
 from project.metrics.table import METRICS, build_metric
 from project.structs import Example, Prediction
-from project.terms import check_field, import_fn
+from project.terms import PACKAGE, check_field, import_fn
+
+# Where a dotted metric `fn` may point: checked before anything is imported.
+METRIC_NAMESPACES = ("torchmetrics", PACKAGE)
+
+
+def is_metric_class(found: Any) -> bool:
+    return inspect.isclass(found) and issubclass(found, Metric)
+
+
+def resolve_metric(fn_name: Any, term: str) -> type[Metric] | None:
+    """The Metric class a term's dotted `fn` names (None for a short name of the metrics table),
+    refused before any import outside METRIC_NAMESPACES and before any call of a non-Metric."""
+    if isinstance(fn_name, str) and fn_name in METRICS:
+        return None
+    found: type[Metric] = import_fn(
+        fn_name, term, sorted(METRICS), METRIC_NAMESPACES, is_metric_class, "a torchmetrics Metric class"
+    )
+    return found
 
 
 class MetricTermConfig(TypedDict):
@@ -52,10 +73,11 @@ class ConfiguredMetrics(ExampleMetrics):
             check_field(term, "prediction", config["prediction"], prediction_type)
             check_field(term, "target", config["target"], example_type)
             args = config.get("args", {})
-            if config["fn"] in METRICS:
+            metric_class = resolve_metric(config["fn"], term)
+            if metric_class is None:
                 metric = build_metric(config["fn"], num_classes, **args)
             else:
-                metric = import_fn(config["fn"], term, sorted(METRICS))(**args)
+                metric = metric_class(**args)
             if not isinstance(metric, Metric):
                 raise UserError(f"{term}: {config['fn']} is not a torchmetrics Metric")
             metrics[name] = metric

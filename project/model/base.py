@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
+import os
+from typing import Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -37,6 +38,7 @@ from torch.nn import functional as F
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, PolynomialLR
 
+from project.checkpoint_io import check_checkpoint_hyperparameters
 from project.errors import UserError
 from project.metrics import ClassificationMetrics, ConfiguredMetrics, ExampleMetrics, MetricTermConfig
 from project.model.losses import LossTermConfig, LossTerms
@@ -123,6 +125,15 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         self.val_metrics = self.create_metrics("val/")
         self.test_metrics = self.create_metrics("test/")
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Self:
+        """Lightning's, after refusing a checkpoint whose hyper-parameters name code outside the
+        allowed namespaces (checkpoint_io.check_hyperparameters): jsonargparse would import and call
+        what they name while rebuilding the model, before any type check."""
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            check_checkpoint_hyperparameters(checkpoint_path, f"{cls.__module__}.{cls.__qualname__}")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     # ---- what a variant overrides -------------------------------------------------------------
 
     def forward(self, example: E) -> P:
@@ -163,7 +174,18 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
     def _metrics(self, stage: Stage) -> ExampleMetrics:
         return {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[stage]
 
+    def _check_input(self, example: E) -> None:
+        # Host-side metadata only (no device sync). Without it, a mismatch ends deep in some layer.
+        given = tuple(example.image.shape[1:])
+        if given != self.in_shape:
+            raise UserError(
+                f"{type(self).__name__} was built for inputs of shape {self.in_shape} (model.init_args."
+                f"in_shape, linked from the DataModule's image_shape), but a batch holds {given}: make "
+                f"the DataModule's image_shape the shape of the samples it yields"
+            )
+
     def _shared_step(self, example: E, stage: Stage) -> tuple[P, Loss]:
+        self._check_input(example)
         prediction: P = self(example)
         loss = self.compute_loss(example, prediction)
         self._metrics(stage).update_from(example, prediction)
@@ -213,6 +235,7 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         return prediction
 
     def predict_step(self, batch: E, batch_idx: int, dataloader_idx: int = 0) -> P:
+        self._check_input(batch)
         prediction: P = self(batch)
         return prediction
 

@@ -9,7 +9,8 @@ A model's `losses` list says what trains which output::
           - {name: recon, fn: mse_loss, prediction: reconstruction, target: image, weight: 0.5}
 
 `fn` is a name from `torch.nn.functional` (cross_entropy, mse_loss, l1_loss, ...) or the dotted path
-of any loss function or class; `args` passes keyword arguments to it. `prediction` names a field or
+of a loss function or `nn.Module` class in `torch.nn.functional`, `torch.nn` or this project's package
+(nothing else is imported: see terms.py); `args` passes keyword arguments to it. `prediction` names a field or
 property of the model's `Prediction` type and `target` a field of its `Example` type; a wrong name
 fails when the model is built, with the list of valid ones. Each term is logged on its own
 (`train/loss/recon`). Metrics are declared the same way: see metrics/configured.py.
@@ -19,14 +20,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from project.errors import UserError
 from project.structs import Example, Loss, Prediction
-from project.terms import check_field, import_fn
+from project.terms import PACKAGE, check_field, import_fn
 
 
 class LossTermConfig(TypedDict):
@@ -41,6 +42,25 @@ class LossTermConfig(TypedDict):
 LOSS_SHORTCUTS = sorted(
     name for name, value in vars(F).items() if name.endswith("_loss") or name in ("cross_entropy", "nll_loss")
 )
+# Where a dotted loss `fn` may point: checked before anything is imported.
+LOSS_NAMESPACES = ("torch.nn.functional", "torch.nn", PACKAGE)
+
+
+def is_loss(found: Any) -> bool:
+    """A loss function, or an `nn.Module` class (built with `args`, then called on each batch)."""
+    if inspect.isclass(found):
+        return issubclass(found, nn.Module)
+    return inspect.isfunction(found) or inspect.isbuiltin(found)
+
+
+def resolve_loss(fn_name: Any, term: str) -> Any:
+    """The loss function or class a term's `fn` names, refused before any import outside
+    LOSS_NAMESPACES and before any call of something that is not a loss."""
+    if isinstance(fn_name, str) and fn_name in LOSS_SHORTCUTS:
+        return getattr(F, fn_name)
+    return import_fn(
+        fn_name, term, LOSS_SHORTCUTS, LOSS_NAMESPACES, is_loss, "a loss function or nn.Module class"
+    )
 
 
 class LossTerms:
@@ -59,13 +79,12 @@ class LossTerms:
             check_field(term, "prediction", config["prediction"], prediction_type)
             check_field(term, "target", config["target"], example_type)
             fn_name, args = config["fn"], config.get("args", {})
-            fn = (
-                getattr(F, fn_name) if fn_name in LOSS_SHORTCUTS else import_fn(fn_name, term, LOSS_SHORTCUTS)
-            )
-            if inspect.isclass(fn):
-                fn = fn(**args)
-            elif args:
-                fn = _bind(fn, args)
+            found = resolve_loss(fn_name, term)
+            fn: Callable[[Tensor, Tensor], Tensor]
+            if inspect.isclass(found):
+                fn = cast(Callable[[Tensor, Tensor], Tensor], found(**args))  # an nn.Module: is_loss
+            else:
+                fn = _bind(found, args) if args else found
             self.terms.append((name, fn, config["prediction"], config["target"]))
             self.weights[name] = float(config.get("weight", 1.0))
 

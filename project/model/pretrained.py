@@ -17,6 +17,7 @@ from its own checkpoint and never needs the earlier run.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
@@ -63,8 +64,18 @@ def load_pretrained(model: nn.Module, config: PretrainedConfig) -> nn.Module:
     name = config["module"]
     target = model.get_submodule(name) if name else model
     path = checkpoint_file(Path(config["run"]), config.get("checkpoint", "last"))
-    check_checkpoint(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        check_checkpoint(path)
+    except UserError as e:  # say which setting named the file
+        raise UserError(f"pretrained: {e}") from None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # objects the safe loader refuses: never loaded here
+        reason = str(e).strip().splitlines()[0]
+        raise UserError(f"pretrained: {path} holds objects the safe loader refuses ({reason})") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"pretrained: {path} is not a Lightning checkpoint (it has no state_dict)")
     prefix = f"{config.get('source', name)}."
     weights = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     if not weights:
