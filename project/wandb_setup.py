@@ -11,6 +11,7 @@ The W&B run is named after the run directory, and a resumed run logs into the W&
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import urllib.parse
@@ -64,11 +65,17 @@ def choose_wandb_mode() -> str:
     return "offline"
 
 
+# W&B keeps each part of a run in a folder `[offline-]run-<date>_<time>-<id>`, with `-<n>` added when
+# two parts start in the same second.
+RUN_FOLDER = re.compile(r"(?:offline-)?run-\d{8}_\d{6}-(?P<id>.+?)(?:-\d+)?")
+
+
 def wandb_run_id(run_dir: Path) -> str | None:
-    """The id of the W&B run already in `run_dir`, so a resumed run continues it instead of starting
-    another: W&B names run folders `[offline-]run-<date>_<time>-<id>`."""
-    runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
-    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+    """The id of the W&B run already in `run_dir` (read from its newest folder's name), so a resumed
+    run continues it instead of starting another."""
+    runs = sorted((run_dir / "wandb").glob("*run-*"), key=lambda p: p.stat().st_mtime)
+    found = [match["id"] for path in runs if (match := RUN_FOLDER.fullmatch(path.name))]
+    return found[-1] if found else None
 
 
 def name_wandb_run(logger_specs: list[Any], run_dir: Path, resuming: bool) -> None:

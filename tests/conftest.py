@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,17 @@ def read_wandb_summary(run_dir: Path) -> dict[str, object]:
     """The summary of the one offline W&B run in a run directory."""
     (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
     return read_offline_run(offline_run)
+
+
+def kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 240) -> None:
+    """SIGKILL `process` as soon as `ready()` holds (polled every 50 ms); fails if it ended first."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if ready():
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"

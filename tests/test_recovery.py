@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +23,8 @@ import torch
 import project.cli
 from project.checkpoint_io import AtomicCheckpointIO
 from project.cli import main
-from tests.conftest import CONFIGS, REPO, cli_args, own_wandb_service
+from project.wandb_setup import RUN_FOLDER
+from tests.conftest import CONFIGS, REPO, cli_args, kill_when, own_wandb_service
 
 DIGITS = str(CONFIGS / "digits.yaml")
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
@@ -58,19 +58,6 @@ def start(args: list[str]) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "project", "fit", *args],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=own_wandb_service(),
     )  # fmt: skip
-
-
-def kill_when(process: subprocess.Popen[bytes], ready: Any, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if ready():
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.05)
-    finally:
-        process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
 def readable(checkpoint: Path) -> bool:
@@ -203,7 +190,8 @@ def test_a_job_killed_before_its_first_checkpoint_restarts_into_the_same_wandb_r
     again = main(["fit", *args])
     assert again is not None and again.trainer.current_epoch == 2
     parts = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(parts) == 2 and len({p.name.rsplit("-", 1)[-1] for p in parts}) == 1
+    ids = {match["id"] for p in parts if (match := RUN_FOLDER.fullmatch(p.name))}
+    assert len(parts) == 2 and len(ids) == 1, parts  # a part started in the same second ends in -1
 
 
 def test_a_truncated_last_checkpoint_gets_one_line_or_the_newest_intact_one(
@@ -288,3 +276,15 @@ def test_chaos_benchmark_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert summary["weights equal unbroken"] is True and summary["files left behind"] == 0
     assert summary["W&B runs"] == 1 and summary["W&B parts readable"] == "2/2"
     assert (tmp_path / "results" / "chaos.json").is_file()
+
+
+def test_the_wandb_run_id_is_read_past_a_same_second_suffix(tmp_path: Path) -> None:
+    """W&B adds `-1` to the folder of a run part that starts in the second its previous part did (a
+    kill at start-up, restarted at once); the id is still the one before it."""
+    from project.wandb_setup import wandb_run_id
+
+    assert wandb_run_id(tmp_path) is None
+    (tmp_path / "wandb" / "offline-run-20261202_150406-21cov8az").mkdir(parents=True)
+    os.utime(tmp_path / "wandb" / "offline-run-20261202_150406-21cov8az", (1, 1))
+    (tmp_path / "wandb" / "offline-run-20261202_150406-21cov8az-1").mkdir()
+    assert wandb_run_id(tmp_path) == "21cov8az"

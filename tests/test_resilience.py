@@ -21,7 +21,15 @@ from project.checkpoint_io import AtomicCheckpointIO
 from project.cli import main
 from project.model import ConvNet
 from project.structs import Example, Loss, Prediction
-from tests.conftest import CONFIGS, REPO, cli_args, own_wandb_service, read_offline_run, unused_port
+from tests.conftest import (
+    CONFIGS,
+    REPO,
+    cli_args,
+    kill_when,
+    own_wandb_service,
+    read_offline_run,
+    unused_port,
+)
 
 DIGITS = str(CONFIGS / "digits.yaml")
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
@@ -65,17 +73,8 @@ def test_killed_run_resumes_to_the_same_weights_as_an_unbroken_run(runs_dir: Pat
         env=own_wandb_service(),
     )  # fmt: skip
     last = runs_dir / "killed" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            # AtomicCheckpointIO renames complete files into place: whatever is there can be read.
-            if last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 1:
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.05)
-    finally:
-        process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    # AtomicCheckpointIO renames complete files into place: whatever is there can be read.
+    kill_when(process, lambda: last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 1)
     killed_at = torch.load(last, weights_only=True)["epoch"]
     assert 1 <= killed_at < 4
 
