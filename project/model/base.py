@@ -264,13 +264,15 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
     def _check_optimization(self) -> None:
         """Build the optimizer and scheduler once on a stand-in parameter, so that a bad argument
         (lr: -0.1) stops the run before it starts, in one line, rather than when training begins."""
-        for name in ("optimizer", "scheduler"):
-            try:
-                optimizer = self.make_optimizer([nn.Parameter(torch.zeros(1))])
-                if name == "scheduler" and self.make_scheduler is not None:
-                    self._build_scheduler(optimizer, total_steps=1)
-            except (ValueError, TypeError) as e:  # torch's own checks: "Invalid learning rate: -0.1"
-                raise UserError(f"model.init_args.{name}: {e}") from None
+        try:  # torch's own checks raise ValueError ("Invalid learning rate: -0.1") or TypeError
+            optimizer = self.make_optimizer([nn.Parameter(torch.zeros(1))])
+        except (ValueError, TypeError) as e:
+            raise UserError(f"model.init_args.optimizer: {e}") from None
+        try:
+            if self.make_scheduler is not None:
+                self._build_scheduler(optimizer, total_steps=1)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"model.init_args.scheduler: {e}") from None
 
     def on_train_start(self) -> None:
         # A resumed run restores the original LR schedule, whose length was fixed at the start; a
