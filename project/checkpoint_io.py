@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from project.errors import UserError
+from project.errors import UserError, found_behind
 from project.files import atomic_write
 from project.terms import DOTTED, PACKAGE, inside
 
@@ -48,23 +48,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except (OSError, RuntimeError) as e:
             # A full disk, a quota, a vanished network mount. torch.save reports some write errors as a
             # RuntimeError whose context is the OSError. The earlier files are whole either way.
-            cause = next((c for c in _chain(e) if isinstance(c, OSError)), None)
-            if cause is None:
+            cause = found_behind(e, (OSError,))
+            if not isinstance(cause, OSError):
                 raise
             raise UserError(
                 f"could not save checkpoint {target}: {cause.strerror or cause}. The checkpoints saved "
                 f"before it are intact; free space (or fix the folder) and resume with --resume auto"
             ) from None
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    """`error` and the exceptions it was raised from or while handling."""
-    chain: list[BaseException] = []
-    seen: BaseException | None = error
-    while seen is not None and seen not in chain:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    return chain
 
 
 def check_ckpt_path(ckpt_path: str, *, weights_only: bool, model_class: str | None) -> None:

@@ -29,7 +29,7 @@ import yaml
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.cli import LightningArgumentParser
 
-from project.errors import UserError
+from project.errors import UserError, found_behind
 
 # jsonargparse nests the error of an argument inside the errors of the classes that hold it
 # (model > its optimizer > lr), each level naming its key and each nested value ending in "Got value:".
@@ -271,12 +271,7 @@ def explain(
 def user_problem(error: BaseException) -> BaseException | None:
     """The UserError (or Lightning MisconfigurationException) behind `error`. jsonargparse wraps
     errors raised in constructors in a union-type error whose message buries the real one."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, (UserError, MisconfigurationException)):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return found_behind(error, (UserError, MisconfigurationException))
 
 
 class ProjectArgumentParser(LightningArgumentParser):
