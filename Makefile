@@ -4,7 +4,7 @@ VENV   ?= venv
 PY      = $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: help init run demo test quality style bench rename clean
+.PHONY: help init run demo test test-fast quality style bench rename clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z%_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,8 +23,11 @@ run:  ## train the default demo (CIFAR-10 ResNet); extra CLI flags via ARGS="...
 demo:  ## train a small ConvNet on scikit-learn's digits: offline, ~30 s on 2 cores
 	$(PY) -m project fit --config configs/digits.yaml $(ARGS)
 
-test:  ## run the whole test suite
+test:  ## the whole test suite, as CI runs it (end-to-end CLI, DDP and multi-epoch runs included)
 	$(PY) -m pytest $(ARGS)
+
+test-fast:  ## every room's unit tests: pytest -m "not slow" (no CLI subprocess, DDP or multi-epoch run)
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 test-%:  ## run tests matching a pattern: make test-structs
 	$(PY) -m pytest -k "$*" $(ARGS)
@@ -32,7 +35,7 @@ test-%:  ## run tests matching a pattern: make test-structs
 test-pdb-%:  ## same, dropping into pdb on failure
 	$(PY) -m pytest --pdb -k "$*" $(ARGS)
 
-quality:  ## lint, format check, type check
+quality:  ## lint, format check, type check: every .py file git tracks
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TypedDict
 
 import pytorch_lightning as pl
 import torch
@@ -44,6 +45,13 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.times.append(time.perf_counter() - self._start)
+
+
+class Row(TypedDict):
+    scenario: str
+    epoch_s: dict[str, float]  # by arm: "none", "all"
+    ratio: float
+    times_s: dict[str, list[float]]
 
 
 def digits() -> pl.LightningDataModule:
@@ -104,7 +112,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     quiet()
-    rows = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         scenarios = [
             ("digits, every epoch", digits, 1, 6),

@@ -37,7 +37,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pytorch_lightning as pl
 import torch
@@ -129,12 +129,15 @@ def raw(train: tuple[Tensor, Tensor], args: argparse.Namespace, hp: dict[str, An
     half = device.type == "cuda"  # as published: fp16 weights and inputs, BatchNorm in fp32
     torch.backends.cudnn.benchmark = True  # as airbench, and as the Trainer arms set it (for the process)
     torch.manual_seed(0)
-    net = airbench_net(tuple(args.widths)).to(device, memory_format=torch.channels_last)
+    net = airbench_net(tuple(args.widths)).to(device)
+    net.to(memory_format=torch.channels_last)  # in place; torch's stubs lack the combined overload
     mean = torch.tensor([0.4914, 0.4822, 0.4465], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor([0.2470, 0.2435, 0.2616], device=device).view(1, 3, 1, 1) * 255
     images = (train[0].to(device).float() - mean) / std
     labels = train[1].to(device)
-    whiten(net[0], images[:5000])
+    stem = net[0]
+    assert isinstance(stem, nn.Conv2d)  # airbench_net starts with its stem
+    whiten(stem, images[:5000])
     if half:
         half_except_batchnorm(net)
         images = images.half()
@@ -266,9 +269,16 @@ def ours_cli(
     return rates
 
 
-def precision(args: argparse.Namespace, config: dict[str, Any]) -> str:
+Precision = Literal["32-true", "16-mixed", "bf16-mixed"]  # what this benchmark's arms are meant to run
+
+
+def precision(args: argparse.Namespace, config: dict[str, Any]) -> Precision:
     # bf16 autocast on a CPU works but is slower than float32: the smoke run measures the code, not speed.
-    return str(config["trainer"]["precision"]) if args.device == "cuda" else "32-true"
+    value = str(config["trainer"]["precision"]) if args.device == "cuda" else "32-true"
+    for known in get_args(Precision):
+        if value == known:
+            return known  # get_args() is untyped: `known` is one of Precision's strings
+    raise SystemExit(f"error: trainer.precision {value!r} in the config: use one of {get_args(Precision)}")
 
 
 # ---- the run ---------------------------------------------------------------------------------------

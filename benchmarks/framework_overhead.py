@@ -48,7 +48,13 @@ def model() -> ConvNet:
 def raw(steps: int, samples: list[Example]) -> list[float]:
     net = model()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=5e-4)
-    loader = DataLoader(samples, batch_size=128, shuffle=True, collate_fn=Example.collate)
+    # A list is a map-style dataset at runtime; torch's stubs want a Dataset subclass.
+    loader: DataLoader[Example] = DataLoader(
+        samples,  # type: ignore[arg-type]
+        batch_size=128,
+        shuffle=True,
+        collate_fn=Example.collate,
+    )
     ends: list[float] = []
     while len(ends) < steps:
         for batch in loader:
@@ -108,7 +114,13 @@ def with_trainer(steps: int, samples: list[Example], defaults: bool, root: Path)
         callbacks=callbacks,
         **kwargs,
     )
-    loader = DataLoader(samples, batch_size=128, shuffle=True, collate_fn=Example.collate)
+    # A list is a map-style dataset at runtime; torch's stubs want a Dataset subclass.
+    loader: DataLoader[Example] = DataLoader(
+        samples,  # type: ignore[arg-type]
+        batch_size=128,
+        shuffle=True,
+        collate_fn=Example.collate,
+    )
     trainer.fit(model(), train_dataloaders=loader)
     if defaults:
         import wandb

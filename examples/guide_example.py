@@ -126,5 +126,7 @@ class ParityDisagreement(EpochCallback):
         self.count += (prediction.pred % 2 != prediction.require_parity_logits().argmax(-1)).sum()
 
     def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> None:
-        total = pl_module.all_gather(self.count).sum()  # every rank's count
+        gathered = pl_module.all_gather(self.count)  # every rank's count
+        assert isinstance(gathered, Tensor)  # a tensor in, a tensor out
+        total = gathered.sum()
         out.scalar("parity_disagreement", float(total))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -27,42 +27,33 @@ from project.checkpoint_io import check_ckpt_path
 from project.data import ClassificationDataModule
 from project.errors import UserError
 from project.model import BaseModel
-from project.parser import ProjectArgumentParser, user_problem
-from project.run_dir import RunConfigSaver, forgetting_run_dir, point_outputs_into, start_run
+from project.parser import ProjectArgumentParser, add_core_arguments, add_run_arguments, user_problem
+from project.run_dir import (
+    RunConfigSaver,
+    forgetting_run_dir,
+    point_outputs_into,
+    run_summary,
+    start_run,
+    warn_about_callbacks,
+)
 from project.wandb_setup import choose_wandb_mode, closing_wandb_run, drop_anonymous_setting
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_ARGS = ["fit", "--config", str(CONFIG_DIR / "cifar10.yaml")]
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Model arguments filled in from DataModule attributes: {model argument: data attribute}.
-LINKED = {"num_classes": "num_classes", "in_shape": "image_shape"}
+LINKED = {"num_classes": "num_classes", "in_shape": "input_shape"}
 
 
 class ProjectCLI(LightningCLI):
     run_dir: Path
     resuming: bool  # whether this run continues an earlier one in run_dir
 
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        add_core_arguments(parser, self.trainer_class, self._model_class, self._datamodule_class)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--run_name",
-            type=str | None,
-            default=None,
-            help="Folder under runs/ (default: timestamp-model). With --ckpt_path last or --resume auto: "
-            "the run to continue.",
-        )
-        parser.add_argument(
-            "--resume",
-            type=Literal["never", "auto"],
-            default="never",
-            help="auto: continue run --run_name from its last.ckpt if it has one, else start it "
-            "(the same command for a first start and for every restart of a preempted job).",
-        )
-        parser.add_argument(
-            "--test_after_fit",
-            type=bool,
-            default=True,
-            help="After fit, test the best checkpoint when the dataset has a test split.",
-        )
+        add_run_arguments(parser)
         # The model's sizes come from the data, so the two cannot disagree (setting them is an error).
         for target, source in LINKED.items():
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
@@ -79,6 +70,7 @@ class ProjectCLI(LightningCLI):
             super()._parse_ckpt_path()  # Lightning's reader insists on weights_only=True
 
     def before_instantiate_classes(self) -> None:
+        warn_about_callbacks(self.config[self.subcommand], str(self.subcommand), CONFIG_DIR / "defaults.yaml")
         self.run_dir, self.resuming = start_run(self.config[self.subcommand], str(self.subcommand))
 
     def instantiate_classes(self) -> None:
@@ -145,5 +137,5 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
     if cli.trainer.is_global_zero:
-        print(f"Run directory: {cli.run_dir}")
+        print(run_summary(cli.run_dir))
     return cli

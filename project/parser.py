@@ -23,13 +23,30 @@ import re
 import sys
 import typing
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import yaml
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning import Trainer
 from pytorch_lightning.cli import LightningArgumentParser
 
 from project.errors import UserError, found_behind
+
+# Titles of the --help sections (jsonargparse's defaults: a class's docstring, or `<class '...'>`).
+TITLES = {
+    "model": "Model: what is trained (--model.help CLASS lists one model's arguments)",
+    "data": "Data: what it is trained on (--data.help CLASS lists one DataModule's arguments)",
+    "trainer": "Trainer: how it is trained (pytorch_lightning.Trainer)",
+}
+
+# Options whose default, a list of classes with all their arguments, would fill a page of --help.
+LIST_HELP = {
+    "trainer.callbacks": "In a config, `callbacks+:` adds to the default callbacks (--trainer.callbacks+ "
+    "on the command line); `callbacks:` replaces them all.",
+    "trainer.logger": "`logger+:` adds to the default loggers; `logger:` replaces them.",
+    "trainer.plugins": "`plugins+:` adds to the default plugins; `plugins:` replaces them.",
+}
 
 # jsonargparse nests the error of an argument inside the errors of the classes that hold it
 # (model > its optimizer > lr), each level naming its key and each nested value ending in "Got value:".
@@ -274,7 +291,48 @@ def user_problem(error: BaseException) -> BaseException | None:
     return found_behind(error, (UserError, MisconfigurationException))
 
 
+def without_default_nulls(config: Any) -> Any:
+    """A copy of a command's config without the trainer's null settings that are nulls by default
+    (the Trainer's own, and those of its loggers, callbacks, plugins): ~70 lines of --print_config
+    and of every saved config.yaml that read back as they were."""
+    trainer = config.get("trainer") if isinstance(config, Namespace) else None
+    if trainer is None:
+        return config
+    config = config.clone()
+    _drop_default_nulls(config.trainer, inspect.signature(Trainer.__init__).parameters)
+    for value in config.trainer.values():
+        for spec in value if isinstance(value, list) else [value]:
+            if isinstance(spec, Namespace) and isinstance(spec.get("init_args"), Namespace):
+                cls, depth = _locate(str(spec.class_path))
+                if depth == str(spec.class_path).count(".") + 1 and isinstance(cls, type):
+                    _drop_default_nulls(spec.init_args, inspect.signature(cls).parameters)
+    return config
+
+
+def _drop_default_nulls(values: Namespace, parameters: Any) -> None:
+    # Keys beyond the signature are what jsonargparse found behind **kwargs (WandbLogger's wandb.init
+    # arguments), shown with the defaults it read there.
+    kwargs = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    for key in [k for k, v in values.items(branches=False) if v is None]:
+        if parameters[key].default is None if key in parameters else kwargs:
+            del values[key]
+
+
+class HelpFormatter(DefaultHelpFormatter):
+    def _get_help_string(self, action: Any) -> str:
+        text: str = super()._get_help_string(action)
+        if action.dest in LIST_HELP:  # the default, whole classes and all their arguments: a page each
+            text = text.replace("default: %(default)s", "default: see --print_config")
+        return text
+
+
 class ProjectArgumentParser(LightningArgumentParser):
+    def __init__(self, *args: Any, formatter_class: Any = HelpFormatter, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def dump(self, namespace: Any, *args: Any, **kwargs: Any) -> str:
+        return str(super().dump(without_default_nulls(namespace), *args, **kwargs))
+
     reading: str | None = None  # the --config file being parsed: its YAML errors only say "<unicode string>"
 
     def parse_path(self, path: Any, *args: Any, **kwargs: Any) -> Any:
@@ -291,3 +349,53 @@ class ProjectArgumentParser(LightningArgumentParser):
         sys.stderr.write(f"error: {explain(message, parser, self.reading, ex)}\n")
         sys.stderr.write(f"All options: {parser.prog.replace(' [options]', '')} --help\n")
         raise SystemExit(2)
+
+
+def add_core_arguments(parser: LightningArgumentParser, trainer: Any, model: Any, data: Any) -> None:
+    """LightningCLI's model, data and trainer arguments, in the order a reader wants them in --help,
+    --print_config and saved configs: what is trained, on what, then how (Trainer, loggers, callbacks)."""
+    parser.add_lightning_class_args(model, "model", subclass_mode=True)
+    parser.add_lightning_class_args(data, "data", subclass_mode=True)
+    parser.add_lightning_class_args(trainer, "trainer")
+    for key, title in TITLES.items():
+        (parser.groups or {})[key].title = title
+    # Lightning's docs run to whole paragraphs per Trainer option (~430 lines of --help): the first
+    # sentence says what each does; the rest is at lightning.ai/docs.
+    for action in parser._actions:
+        if action.dest.startswith("trainer.") and isinstance(action.help, str):
+            action.help = re.split(r"(?<=\.)\s", action.help, maxsplit=1)[0]
+        if action.dest in LIST_HELP:
+            action.help = f"{action.help} {LIST_HELP[action.dest]}"
+    # The usage line would list all ~50 options again.
+    parser.usage = "%(prog)s [--config FILE]... [--KEY VALUE]... [--print_config]"
+
+
+def add_run_arguments(parser: LightningArgumentParser) -> None:
+    """The project's own options: which run directory, resuming, testing after fit."""
+    parser.add_argument(
+        "--experiment",
+        type=str | None,
+        default=None,
+        help="The experiment's name in run names, <time>-<experiment>-<model> (default: the stem of the "
+        "last --config that sets model or data, e.g. digits).",
+    )
+    parser.add_argument(
+        "--run_name",
+        type=str | None,
+        default=None,
+        help="Folder under runs/ (default: <time>-<experiment>-<model>). With --ckpt_path last or "
+        "--resume auto: the run to continue.",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Literal["never", "auto"],
+        default="never",
+        help="auto: continue run --run_name from its last.ckpt if it has one, else start it "
+        "(the same command for a first start and for every restart of a preempted job).",
+    )
+    parser.add_argument(
+        "--test_after_fit",
+        type=bool,
+        default=True,
+        help="After fit, test the best checkpoint when the dataset has a test split.",
+    )

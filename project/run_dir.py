@@ -1,7 +1,7 @@
 """Run directories: one per run under `runs/`, shared by every process of that run, holding all of
 its outputs.
 
-    runs/20261123-171502-convnet/
+    runs/20261123-171502-digits-convnet/
         config.yaml        the config as the user gave it (config.<stage>.N.yaml for later stages
                            run in the same dir); `--config runs/<run>/config.yaml` repeats the run
         split.json         the train/val split, reusable with --data.split_file
@@ -13,8 +13,10 @@ its outputs.
         wandb/             the offline W&B run (`wandb sync` uploads it)
         .lock              the host and pid of the job writing here (one job at a time)
 
-The folder is named `<timestamp>-<model>` unless --run_name says otherwise. Relative `save_dir` and
-`dirpath` values of loggers and callbacks are read as relative to it.
+The folder is named `<timestamp>-<experiment>-<model>[-<command>]` (the experiment: --experiment, or
+the stem of the last --config that sets model or data) unless --run_name says otherwise. Relative
+`save_dir` and `dirpath` values of loggers and callbacks are read as relative to it. A fast_dev_run
+gets a temporary folder instead, removed when it ends: it keeps nothing.
 
 One job writes to a run directory at a time: the job's rank 0 holds a lock on its `.lock` file (which
 names the holder's host and pid) for as long as the command runs. A second job, say a requeued one
@@ -30,20 +32,25 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from jsonargparse import Namespace
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, SaveConfigCallback
 
 from project.checkpoint_io import check_checkpoint
 from project.errors import UserError
 from project.files import atomic_write
+from project.parser import _locate
 from project.wandb_setup import name_wandb_run, wandb_run_id
 
 # Lightning's DDP launcher re-runs the command in child processes that inherit the environment:
@@ -53,6 +60,7 @@ DEFAULT_RUNS_ROOT = "runs"
 LOCK_FILE = ".lock"
 # Lightning's names for `last` checkpoints (last.ckpt, last-v1.ckpt): what --ckpt_path last resolves to.
 LAST_CHECKPOINT = re.compile(r"last(-v\d+)?\.ckpt")
+_throwaway: set[Path] = set()  # fast_dev_run folders, removed when their command ends
 _locks: dict[Path, int] = {}  # run directory -> the open lock file this process holds it with
 Resume = Literal["never", "last", "auto"]
 
@@ -78,9 +86,12 @@ def launcher_world_size() -> int:
 
 def start_run(config: Namespace, subcommand: str) -> tuple[Path, bool]:
     """Pick the run directory of a parsed command and publish it to the command's other processes;
-    returns it and whether this run continues an earlier one there."""
+    returns it and whether this run continues an earlier one there. Records the experiment's name in
+    `config` (which is saved), so `--config runs/<run>/config.yaml` repeats the name too."""
     model_name = str(config.model.class_path).rsplit(".", 1)[-1].lower()
-    parts = [model_name] + ([] if subcommand == "fit" else [subcommand])
+    config.experiment = experiment_name(config)
+    parts = [*([config.experiment] if config.experiment else []), model_name]
+    parts += [] if subcommand == "fit" else [subcommand]
     root = Path(config.trainer.default_root_dir or DEFAULT_RUNS_ROOT)
     resume: Resume = "never"
     if config.get("ckpt_path") == "last":
@@ -89,9 +100,85 @@ def start_run(config: Namespace, subcommand: str) -> tuple[Path, bool]:
         if config.get("ckpt_path") is not None:
             raise UserError("--resume auto picks the checkpoint itself: drop --ckpt_path, or drop --resume")
         resume = "auto"
+    if config.trainer.get("fast_dev_run") and not os.environ.get(RUN_DIR_ENV):
+        if resume != "never":
+            raise UserError(
+                "trainer.fast_dev_run keeps no run directory, so there is no run to resume: drop "
+                "--resume auto / --ckpt_path last, or pass a checkpoint file as --ckpt_path"
+            )
+        # A smoke test: Lightning turns logging and checkpointing off, and the files our callbacks
+        # and DataModules still write (config, split, metrics.json) go to a folder removed at the end.
+        run_dir = Path(tempfile.mkdtemp(prefix="fast_dev_run-"))
+        _throwaway.add(run_dir)
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+        return run_dir, False
     run_dir, resuming = resolve_run_dir(root, config.run_name, parts, resume)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir, resuming
+
+
+def experiment_name(config: Namespace) -> str | None:
+    """--experiment, else the stem of the last --config file that chooses the model or the data
+    (`configs/digits.yaml` -> digits; presets such as configs/debug/*.yaml and ddp.yaml choose neither)."""
+    name = config.get("experiment")
+    if name is None:
+        for path in reversed(config.get("config") or []):
+            try:
+                content = yaml.safe_load(path.get_content())
+            except (OSError, yaml.YAMLError):  # read once already by the parser: not expected
+                continue
+            if isinstance(content, dict) and ("model" in content or "data" in content):
+                name = Path(str(path)).stem
+                break
+    return re.sub(r"[^\w.-]+", "_", name or "").strip("._") or None
+
+
+def warn_about_callbacks(config: Namespace, subcommand: str, defaults_file: Path) -> None:
+    """One warning line when the callbacks of `defaults_file` were replaced rather than added to
+    (jsonargparse replaces a list given again; `callbacks+:` appends), and one when a fit keeps no
+    checkpoint of its own."""
+    if os.environ.get(RUN_DIR_ENV) or launcher_rank() != 0:
+        return  # a DDP child or another rank: rank 0 said it
+    given = [_class(str(spec.class_path)) for spec in _entries(config.trainer.callbacks)]
+    defaults = yaml.safe_load(defaults_file.read_text()).get("trainer", {}).get("callbacks") or []
+    dropped = [d["class_path"] for d in defaults if _class(d["class_path"]) not in given]
+    if dropped:
+        names = ", ".join(dict.fromkeys(path.rsplit(".", 1)[-1] for path in dropped))
+        print(
+            f"warning: trainer.callbacks replaces the default callbacks of {defaults_file.name}, dropping "
+            f"{names}; to add callbacks to them write `callbacks+:` in the config (--trainer.callbacks+ on "
+            "the command line)",
+            file=sys.stderr,
+        )
+    if subcommand != "fit" or config.trainer.get("fast_dev_run"):
+        return
+    if any(isinstance(c, type) and issubclass(c, ModelCheckpoint) for c in given):
+        return
+    if config.trainer.get("enable_checkpointing") is False:
+        print(
+            "warning: trainer.enable_checkpointing is false: this fit saves no checkpoint, so "
+            "--resume auto and --ckpt_path last cannot continue it",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            "warning: no ModelCheckpoint in trainer.callbacks: Lightning's fallback keeps only the latest "
+            "epoch, in <run>/<first logger's name>/<version>/checkpoints, and no checkpoints/last.ckpt, "
+            "so --resume auto and --ckpt_path last will not find it; add callbacks with `callbacks+:`",
+            file=sys.stderr,
+        )
+
+
+def _class(class_path: str) -> Any:
+    found, depth = _locate(class_path)
+    return found if depth == class_path.count(".") + 1 else class_path
+
+
+def run_summary(run_dir: Path) -> str:
+    """The line a command ends with: where its outputs are."""
+    if run_dir in _throwaway:
+        return "fast_dev_run: nothing kept (no run directory, checkpoints or logs); drop it for a real run"
+    return f"Run directory: {run_dir}"
 
 
 def resolve_run_dir(root: Path, name: str | None, parts: list[str], resume: Resume) -> tuple[Path, bool]:
@@ -308,7 +395,8 @@ class RunConfigSaver(SaveConfigCallback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.already_saved:
             return
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir broadcasts
+        # The run directory whatever the loggers (trainer.log_dir: csv/version_0/ with a CSVLogger first).
+        log_dir = Path(trainer.default_root_dir)
         if trainer.is_global_zero:
             if (log_dir / self.config_filename).exists():
                 name = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn enum ("fit")
@@ -340,6 +428,8 @@ def forgetting_run_dir() -> Iterator[None]:
     finally:
         run_dir = os.environ.pop(RUN_DIR_ENV, None)
         release_run_dirs()
+        if run_dir and Path(run_dir) in _throwaway:
+            shutil.rmtree(run_dir, ignore_errors=True)
         if run_dir and Path(run_dir).is_dir() and not any(Path(run_dir).iterdir()):
             Path(run_dir).rmdir()
 

@@ -213,6 +213,10 @@ class Plan:
     long_lines: list[tuple[str, int]] = field(default_factory=list)
     warning: str | None = None
 
+    def moved(self, rel: str) -> str:
+        """Where the file `rel` is after the move (project/x.py -> NAME/x.py): what the notes print."""
+        return f"{self.name}/{rel.removeprefix(OLD + '/')}" if rel.startswith(f"{OLD}/") else rel
+
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args], capture_output=True)
@@ -394,12 +398,13 @@ def _print_plan(plan: Plan, dry_run: bool) -> None:
 
 
 def _print_notes(plan: Plan, dry_run: bool) -> None:
+    path = (lambda rel: rel) if dry_run else plan.moved  # the paths the user can open now
     if plan.kept:
         print(f"\nLeft as prose or as a key name ({len(plan.kept)} lines; review them):")
         for rel, n, line in plan.kept:
-            print(f"  {rel}:{n}: {line}")
+            print(f"  {path(rel)}:{n}: {line}")
     if plan.long_lines:
-        where = ", ".join(f"{rel}:{n}" for rel, n in plan.long_lines)
+        where = ", ".join(f"{path(rel)}:{n}" for rel, n in plan.long_lines)
         print(f"\nNow longer than the configured line length: {where}. Shorten them, or run `make style`.")
     if dry_run:
         print("\nDry run: nothing was written." + (f"\nNote: {plan.warning}" if plan.warning else ""))
@@ -410,7 +415,7 @@ def _print_notes(plan: Plan, dry_run: bool) -> None:
         f"\nRenamed {OLD} to {plan.name}. Next:\n"
         f"  {pip} uninstall -y {OLD} && {pip} install --no-deps --no-build-isolation -e .\n"
         "      (the editable install still points at the old folder)\n"
-        "  make style && make test     (re-sorts imports if the new name sorts differently)\n"
+        "  make style && make test-fast     (re-sorts imports if the new name sorts differently)\n"
         + ("  git add -A && git diff --cached --stat     then commit\n" if plan.git else "")
     )
     if (plan.root / "runs").is_dir():

@@ -92,3 +92,19 @@ def kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], timeo
     finally:
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--regen-regress",
+        action="store_true",
+        default=False,
+        help="rewrite the golden files of the output regression tests (tests/regress/<device>/) from "
+        "this run instead of comparing against them: only after a change meant to move the numbers",
+    )
+
+
+@pytest.fixture
+def regen_regress(request: pytest.FixtureRequest) -> bool:
+    """Whether this run rewrites the regression golden files (`pytest -k regress --regen-regress`)."""
+    return bool(request.config.getoption("--regen-regress"))

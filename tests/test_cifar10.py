@@ -10,7 +10,7 @@ import functools
 import pickle
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -144,7 +144,8 @@ def test_setup_fit_reads_the_same_pool_as_torchvision(cifar: Cifar10Files) -> No
     pool = dm.datasets["train"].images
     assert pool.dtype == torch.uint8 and pool.shape == (5 * PER_BATCH, 3, 32, 32)
     np.testing.assert_array_equal(hwc(pool), reference.data)
-    assert dm.datasets["train"].labels.tolist() == reference.targets
+    labels = dm.datasets["train"].labels
+    assert labels is not None and labels.tolist() == reference.targets
     assert dm.datasets["val"].images is pool  # val is a view of the same pool
 
 
@@ -155,7 +156,7 @@ def test_setup_test_reads_the_same_test_set_as_torchvision(cifar: Cifar10Files) 
     test = dm.datasets["test"]
     assert test.images.shape == (TEST_SIZE, 3, 32, 32)
     np.testing.assert_array_equal(hwc(test.images), reference.data)
-    assert test.labels.tolist() == reference.targets
+    assert test.labels is not None and test.labels.tolist() == reference.targets
     assert test.indices.tolist() == list(range(TEST_SIZE))
 
 
@@ -167,7 +168,8 @@ def test_pool_is_the_generated_rows_in_channel_planar_layout(cifar: Cifar10Files
     np.testing.assert_array_equal(pool.numpy(), cifar.train_images)
     i = 2 * PER_BATCH + 3  # a sample from data_batch_3
     assert pool[i, 1, 5, 7].item() == cifar.train_data[i, 1 * 1024 + 5 * 32 + 7]
-    assert dm.datasets["train"].labels.tolist() == cifar.train_labels
+    labels = dm.datasets["train"].labels
+    assert labels is not None and labels.tolist() == cifar.train_labels
 
 
 # ---- prepare_data: download, archive by hand, errors ------------------------------------------
@@ -243,7 +245,9 @@ def test_prepare_data_does_nothing_when_batches_are_there(cifar: Cifar10Files, d
         pytest.param(lambda raw: b"", id="empty"),
     ],
 )
-def test_damaged_batch_file_is_a_user_error_naming_the_file(cifar: Cifar10Files, damage) -> None:
+def test_damaged_batch_file_is_a_user_error_naming_the_file(
+    cifar: Cifar10Files, damage: Callable[[bytes], bytes]
+) -> None:
     path = cifar.path("data_batch_3")
     path.write_bytes(damage(path.read_bytes()))
     dm = make_dm(cifar.root, cifar, download=False)
@@ -313,6 +317,7 @@ def test_train_loader_yields_example_batches(cifar: Cifar10Files) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert isinstance(batch, Example)
     assert batch.image.dtype == torch.float32 and batch.image.shape == (4, 3, 32, 32)
+    assert batch.label is not None and batch.index is not None
     assert batch.label.dtype == torch.int64 and batch.label.shape == (4,)
     assert batch.index.dtype == torch.int64 and batch.index.shape == (4,)
     assert batch.label.tolist() == [cifar.train_labels[i] for i in batch.index.tolist()]
@@ -327,6 +332,7 @@ def test_val_sample_is_the_normalized_generated_image_at_its_index(cifar: Cifar1
     std = torch.tensor(dm.std).view(3, 1, 1)
     for i in (0, len(val) - 1):
         sample = val[i]
+        assert sample.index is not None and sample.label is not None
         index = int(sample.index)
         expected = (torch.from_numpy(cifar.train_images[index]).float() / 255 - mean) / std
         torch.testing.assert_close(sample.image, expected)

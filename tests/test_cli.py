@@ -120,6 +120,7 @@ class StopAfterEpochs(pl.Callback):
             trainer.should_stop = True
 
 
+@pytest.mark.slow
 def test_resume_with_ckpt_path_last_continues_in_the_same_run(runs_dir: Path) -> None:
     three_epochs = ["--config", DIGITS, "--config", LIMIT, "--run_name", "r1", "--trainer.max_epochs", "3"]
     first = main(
@@ -146,6 +147,7 @@ def test_resume_with_ckpt_path_last_continues_in_the_same_run(runs_dir: Path) ->
     assert json.loads((run_dir / "metrics.json").read_text())["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_resume_with_another_run_length_is_refused(
     runs_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -180,6 +182,7 @@ def test_run_directories_are_never_reused_by_accident(
     assert "add --run_name NAME" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_validate_test_and_predict_from_a_checkpoint(runs_dir: Path) -> None:
     fit = main(
         cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "base", runs_dir=runs_dir)
@@ -226,6 +229,7 @@ def test_default_demo_without_network_fails_fast_and_clearly(tmp_path: Path) -> 
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_default_cifar10_demo_trains_from_files_on_disk(tmp_path: Path, runs_dir: Path) -> None:
     """configs/cifar10.yaml as shipped (ResNet-18, augmentation, SGD + one-cycle) on a tiny CIFAR-10
     in the real on-disk format: everything but the download, which tests/test_cifar10.py covers."""
@@ -249,6 +253,7 @@ def test_default_cifar10_demo_trains_from_files_on_disk(tmp_path: Path, runs_dir
     assert split["num_samples"] == 20 and len(split["val"]) == 2  # val_fraction 0.1 of 5 x 4
 
 
+@pytest.mark.slow
 def test_saved_config_repeats_the_run_in_a_new_directory(runs_dir: Path) -> None:
     first = main(
         cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "orig", runs_dir=runs_dir)

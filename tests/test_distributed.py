@@ -129,8 +129,8 @@ def test_two_torchrun_nodes_on_loopback_train_together(runs_dir: Path) -> None:
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-3000:]
-    assert [p.name for p in runs_dir.iterdir()] == ["convnet-job7"]
-    run_dir = runs_dir / "convnet-job7"
+    assert [p.name for p in runs_dir.iterdir()] == ["digits-convnet-job7"]
+    run_dir = runs_dir / "digits-convnet-job7"
     node0, node1 = records(run_dir, 2)
     assert node0["world_size"] == 2 and node0 == node1  # trained together: same split, same weights
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
@@ -164,6 +164,7 @@ def test_launcher_processes_agree_on_one_run_directory(
         resolve_run_dir(tmp_path, None, ["convnet"], "never")
 
 
+@pytest.mark.slow
 def test_slurm_script_is_valid_and_its_command_parses() -> None:
     script = REPO / "scripts" / "slurm.sbatch"
     subprocess.run(["bash", "-n", str(script)], check=True)

@@ -26,7 +26,8 @@ from tests.test_digits import assert_same_eval_batches
 
 FAST = str(CONFIGS / "cifar10_fast.yaml")
 SHAPE = (3, 32, 32)
-NARROW = {"widths": (8, 16, 16)}
+WIDTHS = (8, 16, 16)
+NARROW = {"widths": WIDTHS}
 MEAN, STD = CIFAR10DataModule.mean, CIFAR10DataModule.std
 PER_BATCH, TEST_SIZE = 12, 10  # 60 pool samples: 48 train / 12 val at val_fraction 0.2
 
@@ -81,7 +82,7 @@ def record_stem_inputs(model: FastCifarNet) -> list[Tensor]:
 
 def test_tta_flip_averages_image_and_mirror_in_eval_only() -> None:
     torch.manual_seed(0)
-    model = FastCifarNet(num_classes=10, in_shape=SHAPE, tta_flip=True, **NARROW)
+    model = FastCifarNet(num_classes=10, in_shape=SHAPE, tta_flip=True, widths=WIDTHS)
     example = batch(6)
     seen = record_stem_inputs(model)
 
@@ -102,8 +103,8 @@ def test_tta_flip_averages_image_and_mirror_in_eval_only() -> None:
 
 def test_channels_last_runs_the_convolutions_in_nhwc() -> None:
     torch.manual_seed(0)
-    plain = FastCifarNet(num_classes=10, in_shape=SHAPE, **NARROW).eval()
-    nhwc = FastCifarNet(num_classes=10, in_shape=SHAPE, channels_last=True, **NARROW).eval()
+    plain = FastCifarNet(num_classes=10, in_shape=SHAPE, widths=WIDTHS).eval()
+    nhwc = FastCifarNet(num_classes=10, in_shape=SHAPE, channels_last=True, widths=WIDTHS).eval()
     nhwc.load_state_dict(plain.state_dict())
     assert nhwc.stem.weight.is_contiguous(memory_format=torch.channels_last)
     seen = record_stem_inputs(nhwc)
@@ -118,7 +119,7 @@ def test_channels_last_runs_the_convolutions_in_nhwc() -> None:
 
 
 def test_whitening_stem_decorrelates_the_patches_it_was_fit_on() -> None:
-    model = FastCifarNet(num_classes=10, in_shape=SHAPE, **NARROW)
+    model = FastCifarNet(num_classes=10, in_shape=SHAPE, widths=WIDTHS)
     assert not model.stem.weight.requires_grad and not bool(model.whitened)
     # Correlated channels, as in real photos: the stem must undo the correlation.
     base = torch.randn(16, 1, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -137,13 +138,13 @@ def test_whitening_stem_decorrelates_the_patches_it_was_fit_on() -> None:
     torch.testing.assert_close(variances[strong], torch.ones(int(strong.sum())), atol=1e-2, rtol=0)
     off_diagonal = covariance - torch.diag(variances)
     assert off_diagonal.abs().max() < 1e-3
-    torch.testing.assert_close(
-        out[:, 12:] - model.stem.bias[12:, None, None], -(out[:, :12] - model.stem.bias[:12, None, None])
-    )
+    bias = model.stem.bias
+    assert bias is not None
+    torch.testing.assert_close(out[:, 12:] - bias[12:, None, None], -(out[:, :12] - bias[:12, None, None]))
 
 
 def test_compile_is_skipped_with_a_warning_where_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = FastCifarNet(num_classes=10, in_shape=SHAPE, compile=True, **NARROW)
+    model = FastCifarNet(num_classes=10, in_shape=SHAPE, compile=True, widths=WIDTHS)
     monkeypatch.setattr(fast_cifar, "compile_unavailable_reason", lambda device: "no compiler here")
     with pytest.warns(UserWarning, match="compile is on but skipped: no compiler here"):
         model.configure_model()
@@ -152,10 +153,10 @@ def test_compile_is_skipped_with_a_warning_where_unavailable(monkeypatch: pytest
 
 def test_compile_wraps_the_network_in_place_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast_cifar, "compile_unavailable_reason", lambda device: None)
-    off = FastCifarNet(num_classes=10, in_shape=SHAPE, **NARROW)
+    off = FastCifarNet(num_classes=10, in_shape=SHAPE, widths=WIDTHS)
     off.configure_model()
     assert off.net._compiled_call_impl is None
-    model = FastCifarNet(num_classes=10, in_shape=SHAPE, compile=True, **NARROW)
+    model = FastCifarNet(num_classes=10, in_shape=SHAPE, compile=True, widths=WIDTHS)
     keys = list(model.state_dict())
     model.configure_model()  # compiles lazily: nothing runs until the first forward
     compiled = model.net._compiled_call_impl
@@ -290,12 +291,15 @@ def test_every_training_index_once_per_epoch_in_a_new_seeded_order(cifar: Cifar1
     dm = make_dm(cifar)
     assert dm.split is not None
     loader = dm.train_dataloader()
+    assert isinstance(loader, DeviceBatches)  # make_dm turns the device loader on
     first, second = epoch_indices(loader), epoch_indices(loader)
     assert sorted(first) == sorted(second) == dm.split.train  # each exactly once
     assert first != second  # reshuffled each epoch
     again = make_dm(cifar).train_dataloader()
+    assert isinstance(again, DeviceBatches)
     assert epoch_indices(again) == first and epoch_indices(again) == second  # same seed, same order
-    assert epoch_indices(make_dm(cifar, shuffle_seed=7).train_dataloader()) != first
+    reseeded = make_dm(cifar, shuffle_seed=7).train_dataloader()
+    assert isinstance(reseeded, DeviceBatches) and epoch_indices(reseeded) != first
     # The epoch number comes from the trainer when there is one.
     loader.epoch = lambda: 1
     assert epoch_indices(loader) == second
@@ -362,8 +366,8 @@ def test_ranks_read_disjoint_equal_shards_of_the_same_permutation() -> None:
 
 
 def test_seeded_generator_depends_on_seed_epoch_and_stream() -> None:
-    def draw(*args: int) -> list[int]:
-        return torch.randint(0, 2**30, (4,), generator=seeded_generator(*args)).tolist()
+    def draw(seed: int, epoch: int, stream: int = 0) -> list[int]:
+        return torch.randint(0, 2**30, (4,), generator=seeded_generator(seed, epoch, stream)).tolist()
 
     assert draw(1, 0) == draw(1, 0)
     assert len({tuple(draw(*args)) for args in [(1, 0), (0, 1), (1, 1), (1, 0, 1)]}) == 4
@@ -387,6 +391,7 @@ def test_fast_config_prints(capsys: pytest.CaptureFixture[str]) -> None:
     assert "precision: bf16-mixed" in out
 
 
+@pytest.mark.slow
 def test_fast_config_fits_end_to_end_on_cpu(cifar: Cifar10Files, tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
     cli = main(

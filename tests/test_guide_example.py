@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from examples.guide_example import ParityDigits, ParityExample, TwoHeadNet, TwoHeadPrediction
@@ -25,7 +26,8 @@ def test_new_example_fields_flow_through_the_data_module() -> None:
 
 
 def test_two_heads_and_two_weighted_loss_terms() -> None:
-    model = TwoHeadNet(10, DigitsDataModule.image_shape, parity_weight=0.25)
+    channels, height, width = DigitsDataModule.image_shape  # digits are images: three dimensions
+    model = TwoHeadNet(10, (channels, height, width), parity_weight=0.25)
     dm = ParityDigits(batch_size=8)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -36,6 +38,7 @@ def test_two_heads_and_two_weighted_loss_terms() -> None:
     assert loss.total == loss.terms["ce"] + 0.25 * loss.terms["parity"]
 
 
+@pytest.mark.slow
 def test_the_guide_runs_end_to_end_through_the_cli(runs_dir: Path) -> None:
     limit = str(CONFIGS / "debug" / "limit.yaml")
     cli = main(cli_args("fit", "--config", GUIDE_CONFIG, "--config", limit, runs_dir=runs_dir))

@@ -28,7 +28,7 @@ def test_acc_is_the_same_metric_through_every_route() -> None:
         "model default": ConvNet(3, (1, 2, 2)).create_metrics("val/"),
         "model with declared metrics": AutoencoderClassifier(3, (1, 8, 8), metrics=declared).create_metrics(
             "val/"
-        ),  # type: ignore[list-item]
+        ),
     }
     for route, metrics in routes.items():
         metrics.update_from(example, prediction)

@@ -23,6 +23,7 @@ def small_trainer(root: Path, callbacks: list[pl.Callback], **kwargs: Any) -> pl
     )  # fmt: skip
 
 
+@pytest.mark.slow  # trains for more than one epoch
 def test_fit_test_and_validate_each_merge_their_final_metrics(tmp_path: Path) -> None:
     pl.seed_everything(0)
     (tmp_path / "metrics.json").write_text('{"note": "kept"}\n')  # values already there are merged into
@@ -37,6 +38,7 @@ def test_fit_test_and_validate_each_merge_their_final_metrics(tmp_path: Path) ->
     assert {"train/loss", "train/acc", "val/loss"} <= set(after_fit)
     assert "train/loss_epoch" not in after_fit and "train/loss_step" not in after_fit  # the epoch value, once
     assert after_fit["best_checkpoint"] == checkpoint.best_model_path
+    assert checkpoint.best_model_score is not None
     assert after_fit["best_score"] == pytest.approx(float(checkpoint.best_model_score))
 
     trainer.test(model, datamodule=data, ckpt_path="best", verbose=False)
@@ -51,6 +53,7 @@ def test_fit_test_and_validate_each_merge_their_final_metrics(tmp_path: Path) ->
     assert not list(tmp_path.glob(".metrics.json*"))  # no temp file left behind
 
 
+@pytest.mark.slow  # trains for more than one epoch
 def test_validation_inside_fit_writes_nothing_until_fit_ends(tmp_path: Path) -> None:
     written: list[int] = []
 

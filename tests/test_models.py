@@ -65,7 +65,7 @@ def test_one_step_lowers_loss_on_a_fixed_batch(
 
 
 def test_base_model_without_forward_says_what_to_implement() -> None:
-    model = BaseModel(num_classes=3, in_shape=(1, 4, 4))
+    model: BaseModel[Example, Prediction] = BaseModel(num_classes=3, in_shape=(1, 4, 4))
     with pytest.raises(NotImplementedError, match="must implement forward"):
         model(batch((1, 4, 4), num_classes=3))
 
@@ -103,7 +103,8 @@ def test_label_smoothing_changes_the_loss() -> None:
 def tiny_loader(n: int = 40, batch_size: int = 8) -> DataLoader[Example]:
     data = batch((1, 8, 8), n=n)
     samples = [Example(data.image[i], data.require_label()[i], torch.tensor(i)) for i in range(n)]
-    return DataLoader(samples, batch_size=batch_size, collate_fn=Example.collate)
+    # A list is a map-style dataset at runtime; torch's stubs want a Dataset subclass.
+    return DataLoader(samples, batch_size=batch_size, collate_fn=Example.collate)  # type: ignore[arg-type]
 
 
 def fit_tiny(model: BaseModel[Any, Any], tmp_path: Path, **trainer_kwargs: Any) -> pl.Trainer:
@@ -129,6 +130,7 @@ SCHEDULERS = {
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "linear", "none"])
+@pytest.mark.slow  # trains for more than one epoch
 def test_optimizer_and_schedule_span_the_trainer_run(tmp_path: Path, optimizer: str, scheduler: str) -> None:
     """The schedule length comes from the Trainer (5 batches x 3 epochs = 15 steps), not from config."""
     make_scheduler, length = SCHEDULERS.get(scheduler, (None, ""))
@@ -147,6 +149,7 @@ def test_optimizer_and_schedule_span_the_trainer_run(tmp_path: Path, optimizer: 
     assert opt.param_groups[0]["lr"] < 0.05 * peak
 
 
+@pytest.mark.slow  # trains for more than one epoch
 def test_training_logs_the_loss_and_every_metric(tmp_path: Path) -> None:
     trainer = fit_tiny(ConvNet(10, (1, 8, 8)), tmp_path)
     logged = set(trainer.callback_metrics)
@@ -155,6 +158,7 @@ def test_training_logs_the_loss_and_every_metric(tmp_path: Path) -> None:
         assert f"{stage}/loss/ce" not in logged  # a lone cross-entropy term is the total: logged once
 
 
+@pytest.mark.slow  # trains for more than one epoch
 def test_epoch_metrics_cover_exactly_that_epoch(tmp_path: Path) -> None:
     """val/acc after the last epoch is the accuracy of the final weights on the whole validation set:
     nothing carried over from the sanity check or the epoch before, nothing left out."""

@@ -29,6 +29,7 @@ model:
 """
 
 
+@pytest.mark.slow
 def test_radam_and_linear_schedule_train_from_config_alone(runs_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "radam.yaml"
     config.write_text(RADAM_LINEAR)
@@ -69,6 +70,7 @@ def test_the_schedule_length_cannot_be_typed(runs_dir: Path, capsys: pytest.Capt
     assert "total_steps" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_help_lists_the_chosen_optimizers_own_arguments() -> None:
     command = [
         sys.executable,

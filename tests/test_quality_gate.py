@@ -1,15 +1,27 @@
-"""The quality gate: mypy catches wrong struct fields and model signatures; the pre-commit hooks run
-the same checks offline and refuse a badly formatted file."""
+"""The quality gate: ruff and mypy check every source file git knows (and nothing else); mypy catches
+wrong struct fields and model signatures; the pre-commit hooks run the same checks offline and refuse a
+badly formatted file."""
 
 from __future__ import annotations
 
+import configparser
+import io
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from mypy.main import process_options
+
 from tests.conftest import REPO
+
+# The package's name as setup.cfg declares it: `project`, or whatever `make rename` made it.
+_SETUP = configparser.ConfigParser()
+_SETUP.read(REPO / "setup.cfg")
+PACKAGE = _SETUP["metadata"]["name"]
 
 GOOD = """
 from project.model import BaseModel
@@ -37,6 +49,63 @@ def mypy(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mypy", str(path)], cwd=REPO, capture_output=True, text=True, timeout=300
     )
+
+
+def source_files() -> set[Path]:
+    """The Python files of this checkout as git sees them: tracked, plus new files it does not ignore
+    (in a clean clone, exactly `git ls-files '*.py'`)."""
+    listing = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.py"]
+    out = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return {REPO / rel for rel in out.split("\0") if rel and (REPO / rel).is_file()}
+
+
+def ruff_files(root: Path) -> set[Path]:
+    """The Python files `ruff check` (as `make quality` runs it, from root) would lint."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--show-files", "."],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    return {Path(line) for line in shown.splitlines() if line.endswith(".py")}
+
+
+def test_ruff_and_mypy_check_every_source_file_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = source_files()
+    assert {REPO / PACKAGE / "data" / "__init__.py", REPO / "tests" / "conftest.py"} <= expected
+    assert ruff_files(REPO) == expected
+    # mypy's own reading of setup.cfg ([mypy] files = ...), as `make quality` runs it: from the root.
+    monkeypatch.chdir(REPO)
+    sources, options = process_options([], stdout=io.StringIO(), stderr=io.StringIO())
+    assert options.config_file == "setup.cfg"
+    assert {(REPO / source.path).resolve() for source in sources if source.path} == expected
+
+
+def test_a_long_line_in_the_package_data_folder_fails_the_gate(tmp_path: Path) -> None:
+    """<package>/data/ is source; data/, runs/, venv/ and wandb/ at the top are not (anchored excludes)."""
+    shutil.copy2(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    wide = 'FEATURES = "' + "alcohol," * 13 + 'ash"\n'  # 120 characters, over the 110 of pyproject.toml
+    assert len(wide.rstrip()) == 120
+    for folder in (f"{PACKAGE}/data", "data", "runs/old", "venv/lib", "wandb/latest"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "wine.py").write_text(wide)
+    (tmp_path / PACKAGE / "__init__.py").write_text("")
+    assert ruff_files(tmp_path) == {
+        tmp_path / PACKAGE / "data" / "wine.py",
+        tmp_path / PACKAGE / "__init__.py",
+    }
+    gate = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", "."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert gate.returncode == 1
+    flagged = re.findall(r"^(\S+?):\d+:\d+: (\w+)", gate.stdout, re.M)
+    assert flagged == [(f"{PACKAGE}/data/wine.py", "E501")], gate.stdout
 
 
 def test_mypy_passes_a_correct_variant(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ def test_a_killed_run_whose_metric_stopped_improving_resumes_from_the_epoch_it_r
     assert torch.load(last, weights_only=True)["global_step"] == 40  # the whole run
 
 
+@pytest.mark.slow
 def test_last_ckpt_is_refreshed_every_n_steps_and_every_epoch_when_asked(
     runs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,6 +119,7 @@ def test_last_ckpt_is_refreshed_every_n_steps_and_every_epoch_when_asked(
     ]
 
 
+@pytest.mark.slow
 def test_a_moved_run_directory_resumes_in_its_new_place(tmp_path: Path) -> None:
     """Fit 2 of 4 epochs, move the run directory elsewhere, resume: it goes on from epoch 2 in the
     new folder, with one last.ckpt (no last-v1) and the best checkpoint still tracked."""
@@ -194,6 +196,7 @@ def test_a_job_killed_before_its_first_checkpoint_restarts_into_the_same_wandb_r
     assert len(parts) == 2 and len(ids) == 1, parts  # a part started in the same second ends in -1
 
 
+@pytest.mark.slow
 def test_a_truncated_last_checkpoint_gets_one_line_or_the_newest_intact_one(
     runs_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -233,6 +236,7 @@ def test_a_truncated_last_checkpoint_gets_one_line_or_the_newest_intact_one(
     assert "Traceback" not in err and f"there is no other intact checkpoint in {folder} to resume from" in err
 
 
+@pytest.mark.slow
 def test_saved_configs_land_whole_with_the_umask_mode(
     runs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

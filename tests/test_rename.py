@@ -25,6 +25,28 @@ SCRIPT = REPO / "scripts" / "rename.py"
 HAS_GIT = shutil.which("git") is not None
 needs_git = pytest.mark.skipif(not HAS_GIT, reason="needs the git command")
 
+
+def free_name(*candidates: str) -> str:
+    """The first candidate no module answers to in this interpreter, so that the script does not refuse
+    it as "already importable": `mynet` unless this template was itself renamed to mynet (the README's
+    example) or to the other candidates."""
+    for name in candidates:
+        if importlib.util.find_spec(name) is None:
+            return name
+    raise AssertionError(f"every one of {candidates} is importable here: add a candidate")
+
+
+# The names the tests rename to. Each candidate has the length of the first, so the expected texts
+# below (written for `mynet` and `my_research_net`) keep their column alignment with any of them.
+NEW = free_name("mynet", "yrnet", "qznet", "zxnet")
+LONG = free_name("my_research_net", "yr_research_net", "qz_research_net")
+
+
+def as_new(text: str) -> str:
+    """An expected text written for `mynet`, for the name the tests actually use."""
+    return text.replace("mynet", NEW).replace("MYNET", NEW.upper())
+
+
 # A small template: each file as (path, before, after). `after` None: the file must not change.
 README = """\
 # project: a typed, tested PyTorch Lightning template
@@ -366,9 +388,10 @@ def template(tmp_path: Path) -> Path:
 
 
 def expected_after() -> dict[str, str]:
-    """Each file's expected text after renaming to mynet, by its new path."""
+    """Each file's expected text after renaming to NEW, by its new path."""
     return {
-        re.sub(r"^project/", "mynet/", rel): text if after is None else after for rel, text, after in FILES
+        re.sub(r"^project/", f"{NEW}/", rel): text if after is None else as_new(after)
+        for rel, text, after in FILES
     }
 
 
@@ -387,30 +410,51 @@ def load_script() -> ModuleType:
 def test_renames_the_package_and_every_code_reference(template: Path) -> None:
     (template / "notes" / "todo.md").write_text("Try `python -m project fit` on `project/model/`.\n")
     before = snapshot(template)
-    out = rename(template, "mynet")
+    out = rename(template, NEW)
     assert out.returncode == 0, out.stderr
-    assert not (template / "project").exists() and (template / "mynet").is_dir()
+    assert not (template / "project").exists() and (template / NEW).is_dir()
     for rel, text in expected_after().items():
         assert (template / rel).read_text() == text, rel
     # Binary and non-UTF-8 files, ignored folders: byte for byte as they were, the binary moved along.
-    assert (template / "mynet" / "assets" / "logo.png").read_bytes() == BINARY
+    assert (template / NEW / "assets" / "logo.png").read_bytes() == BINARY
     assert (template / "notes" / "latin1.txt").read_bytes() == LATIN1
     after = snapshot(template)
     for rel in ("venv/lib/site.py", "runs/old/config.yaml", "data/cache.py"):
         assert after[rel] == before[rel]
     # Untracked files that git does not ignore are rewritten too; the executable bit survives.
-    assert (template / "notes" / "todo.md").read_text() == "Try `python -m mynet fit` on `mynet/model/`.\n"
+    assert (template / "notes" / "todo.md").read_text() == f"Try `python -m {NEW} fit` on `{NEW}/model/`.\n"
     assert after[".ci/run"][1] == before[".ci/run"][1]
     # It says what it did: the move, then each file it changed (and only those).
-    assert "move    project/ -> mynet/" in out.stdout
+    assert f"move    project/ -> {NEW}/" in out.stdout
     changed = set(re.findall(r"^change  (\S+)", out.stdout, re.M))
     assert "README.md" in changed and "project/cli.py" in changed and "notes/todo.md" in changed
     assert not changed & {"tests/test_rename.py", "tests/test_split.py", ".gitignore", "notes/latin1.txt"}
 
 
+def test_the_review_lists_name_files_where_they_are_after_the_move(template: Path) -> None:
+    """The lines left as prose, and those now too long, are listed under the paths they have after the
+    move (LONG/__init__.py, not project/__init__.py), so each can be opened as printed."""
+    with (template / "pyproject.toml").open("a") as f:
+        f.write("\n[tool.ruff]\nline-length = 60\n")
+    long_line = "import project.errors  # " + "x" * 35  # 60 characters: too long once renamed
+    (template / "project" / "long.py").write_text(long_line + "\n")
+    git(template, "add", "-A")
+    git(template, "commit", "-q", "--no-verify", "-m", "a line at the limit")
+    out = rename(template, LONG)
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("\nLeft as prose", 1)[1]
+    listed = re.findall(r"^  (\S+):(\d+): ", notes, re.M)
+    assert (f"{LONG}/__init__.py", "1") in listed and (f"{LONG}/data/split.py", "5") in listed
+    for rel, n in listed:
+        assert "project" in (template / rel).read_text().split("\n")[int(n) - 1], (rel, n)
+    too_long = re.search(r"^Now longer than the configured line length: (.*)\. Shorten", notes, re.M)
+    assert too_long is not None and f"{LONG}/long.py:1" in too_long.group(1).split(", ")
+    assert "project/" not in notes.split("\nRenamed ", 1)[0]
+
+
 def test_prose_lines_survive_word_for_word(template: Path) -> None:
-    assert rename(template, "mynet").returncode == 0
-    lines = {line for rel, _, _ in FILES for line in (template / re.sub(r"^project/", "mynet/", rel)).open()}
+    assert rename(template, NEW).returncode == 0
+    lines = {line for rel, _, _ in FILES for line in (template / re.sub(r"^project/", f"{NEW}/", rel)).open()}
     for prose in PROSE_LINES:
         assert prose + "\n" in lines, prose
 
@@ -427,7 +471,7 @@ def test_prose_of_the_real_readme_and_package_survives() -> None:
             continue
         text = path.read_text()
         old_lines = text.split("\n")
-        new_lines = script.rewrite_text(text, script.kind_of(rel, text), "mynet").split("\n")
+        new_lines = script.rewrite_text(text, script.kind_of(rel, text), NEW).split("\n")
         for old, new in zip(old_lines, new_lines, strict=True):
             assert not CODE_REFERENCE.search(new), (rel, new)
             prose_only = not CODE_REFERENCE.search(old) and not WORD.search(PROSE_WORD.sub("", old))
@@ -438,39 +482,40 @@ def test_prose_of_the_real_readme_and_package_survives() -> None:
 
 
 def test_a_longer_name_keeps_comment_columns_aligned(template: Path) -> None:
-    assert rename(template, "my_research_net").returncode == 0
+    assert rename(template, LONG).returncode == 0
     block = (template / "README.md").read_text().split("```bash\n")[1].split("```")[0].splitlines()
-    assert block[1] == "venv/bin/python -m my_research_net        # default demo"
+    assert block[1] == f"venv/bin/python -m {LONG}        # default demo"
     assert {line.index("#") for line in block[:3]} == {42}
     assert block[3].index("--config") == block[4].index("--config")  # alignment that is not a comment
-    assert (template / "my_research_net" / "run_dir.py").read_text().count('"MY_RESEARCH_NET_RUN_DIR"') == 1
+    assert (template / LONG / "run_dir.py").read_text().count(f'"{LONG.upper()}_RUN_DIR"') == 1
 
 
 def test_dry_run_prints_the_changes_and_writes_nothing(template: Path) -> None:
     before = snapshot(template)
-    out = rename(template, "mynet", "--dry-run")
+    out = rename(template, NEW, "--dry-run")
     assert out.returncode == 0, out.stderr
     assert snapshot(template) == before
-    assert "would move    project/ -> mynet/" in out.stdout
+    assert f"would move    project/ -> {NEW}/" in out.stdout
     assert "would change  setup.cfg" in out.stdout
-    assert "+ include = mynet, mynet.*" in out.stdout
+    assert f"+ include = {NEW}, {NEW}.*" in out.stdout
     assert "nothing was written" in out.stdout
+    assert "\n  project/__init__.py:1: " in out.stdout  # nothing moved: the paths as they are now
 
 
 def test_dry_run_on_a_dirty_tree_previews_and_warns(template: Path) -> None:
     with (template / "README.md").open("a") as f:
         f.write("work in progress\n")
     before = snapshot(template)
-    out = rename(template, "mynet", "--dry-run")
+    out = rename(template, NEW, "--dry-run")
     assert out.returncode == 0, out.stderr
     assert "would change  README.md" in out.stdout and "uncommitted changes" in out.stdout
     assert snapshot(template) == before
 
 
 def test_a_second_run_has_nothing_to_do(template: Path) -> None:
-    assert rename(template, "mynet").returncode == 0
+    assert rename(template, NEW).returncode == 0
     before = snapshot(template)  # the rename is not committed: the tree is dirty, and that is fine
-    out = rename(template, "mynet")
+    out = rename(template, NEW)
     assert out.returncode == 0, out.stderr
     assert "Nothing to do" in out.stdout
     assert snapshot(template) == before
@@ -479,7 +524,7 @@ def test_a_second_run_has_nothing_to_do(template: Path) -> None:
 def test_without_git_it_walks_the_tree_and_skips_environments_and_outputs(tmp_path: Path) -> None:
     write_template(tmp_path)
     before = snapshot(tmp_path)
-    out = rename(tmp_path, "mynet")
+    out = rename(tmp_path, NEW)
     assert out.returncode == 0, out.stderr
     for rel, text in expected_after().items():
         assert (tmp_path / rel).read_text() == text, rel
@@ -517,7 +562,7 @@ def test_refuses_a_dirty_tree(template: Path) -> None:
         f.write("# edited\n")
     (template / "scratch.py").write_text("import project\n")  # untracked files alone would be fine
     before = snapshot(template)
-    out = rename(template, "mynet")
+    out = rename(template, NEW)
     assert out.returncode == 2
     assert "uncommitted changes (setup.cfg)" in out.stderr and "commit or stash" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and out.stdout == ""
@@ -526,15 +571,15 @@ def test_refuses_a_dirty_tree(template: Path) -> None:
 
 def test_untracked_files_alone_do_not_block(template: Path) -> None:
     (template / "scratch.py").write_text("import project\n")
-    assert rename(template, "mynet").returncode == 0
-    assert (template / "scratch.py").read_text() == "import mynet\n"
+    assert rename(template, NEW).returncode == 0
+    assert (template / "scratch.py").read_text() == f"import {NEW}\n"
 
 
-@pytest.mark.parametrize(("make", "name"), [("mynet/", "mynet"), ("mynet.py", "mynet"), (None, "dist")])
+@pytest.mark.parametrize(("make", "name"), [(f"{NEW}/", NEW), (f"{NEW}.py", NEW), (None, "dist")])
 def test_refuses_a_target_that_exists_or_is_ignored(template: Path, make: str | None, name: str) -> None:
-    if make == "mynet/":
-        (template / "mynet").mkdir()
-        (template / "mynet" / "keep.txt").write_text("mine\n")
+    if make == f"{NEW}/":
+        (template / NEW).mkdir()
+        (template / NEW / "keep.txt").write_text("mine\n")
     elif make is not None:
         (template / make).write_text("x = 1\n")
     before = snapshot(template)
@@ -550,7 +595,7 @@ def test_refuses_a_target_that_exists_or_is_ignored(template: Path, make: str | 
 def test_refuses_a_root_without_the_package(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("# something else\n")
     before = snapshot(tmp_path)
-    out = rename(tmp_path, "mynet")
+    out = rename(tmp_path, NEW)
     assert out.returncode == 2 and "there is no project/ package" in out.stderr and "--root" in out.stderr
     assert snapshot(tmp_path) == before
 
@@ -580,12 +625,12 @@ def test_renamed_copy_of_this_repository_runs(tmp_path: Path) -> None:
     lint = [str(ruff), "check", "-q", "--no-cache", "."]
     lint_before = subprocess.run(lint, cwd=copy, capture_output=True).returncode if ruff.exists() else None
 
-    out = rename(None, "mynet", cwd=copy)  # as `make rename NAME=mynet` runs it: the default root
+    out = rename(None, NEW, cwd=copy)  # as `make rename NAME=...` runs it: the default root
     assert out.returncode == 0, out.stderr
-    assert "move    project/ -> mynet/" in out.stdout
+    assert f"move    project/ -> {NEW}/" in out.stdout
     assert not (copy / "project").exists()
     package = sorted(rel.removeprefix("project/") for rel in files if rel.startswith("project/"))
-    assert sorted(p.relative_to(copy / "mynet").as_posix() for p in (copy / "mynet").rglob("*.py")) == [
+    assert sorted(p.relative_to(copy / NEW).as_posix() for p in (copy / NEW).rglob("*.py")) == [
         rel for rel in package if rel.endswith(".py")
     ]
 
@@ -598,19 +643,27 @@ def test_renamed_copy_of_this_repository_runs(tmp_path: Path) -> None:
             [sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=600
         )
 
-    where = run("-c", "import mynet; print(mynet.__file__)")
-    assert where.returncode == 0 and Path(where.stdout.strip()).is_relative_to(copy / "mynet"), where
+    where = run("-c", f"import {NEW}; print({NEW}.__file__)")
+    assert where.returncode == 0 and Path(where.stdout.strip()).is_relative_to(copy / NEW), where
     # `project` may still resolve to the editable install of the original, never to the copy.
     old = run("-c", "import importlib.util as u; s = u.find_spec('project'); print(s and s.origin)")
     assert str(copy) not in old.stdout
-    assert run("-m", "mynet", "--help").returncode == 0
-    config = run("-m", "mynet", "fit", "--config", "configs/digits.yaml", "--print_config")
+    assert run("-m", NEW, "--help").returncode == 0
+    config = run("-m", NEW, "fit", "--config", "configs/digits.yaml", "--print_config")
     assert config.returncode == 0, config.stderr[-3000:]
-    assert "class_path: mynet.model.ConvNet" in config.stdout and "project: mynet" in config.stdout
-    assert "mynet.callbacks.PredictionWriter" in config.stdout and "project." not in config.stdout
+    assert f"class_path: {NEW}.model.ConvNet" in config.stdout and f"project: {NEW}" in config.stdout
+    assert f"{NEW}.callbacks.PredictionWriter" in config.stdout and "project." not in config.stdout
     runs = tmp_path / "runs"
-    fast = ["--config", "configs/digits.yaml", "--config", "configs/debug/fast_dev_run.yaml"]
-    fit = run("-m", "mynet", "fit", *fast, "--trainer.default_root_dir", str(runs))
+    # A short real run (fast_dev_run keeps no run directory): one epoch of a few batches.
+    fast = [
+        "--config",
+        "configs/digits.yaml",
+        "--config",
+        "configs/debug/limit.yaml",
+        "--trainer.max_epochs",
+        "1",
+    ]
+    fit = run("-m", NEW, "fit", *fast, "--trainer.default_root_dir", str(runs))
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert f"Run directory: {runs}" in fit.stdout
     tests = ["tests/test_structs.py", "tests/test_models.py", "tests/test_split.py"]
@@ -620,11 +673,11 @@ def test_renamed_copy_of_this_repository_runs(tmp_path: Path) -> None:
     # No code reference to the old package remains; README lines that still say "project" are prose.
     setup = configparser.ConfigParser()
     setup.read(copy / "setup.cfg")
-    assert setup["metadata"]["name"] == "mynet" and setup["mypy"]["files"] == "mynet"
-    assert setup["options.packages.find"]["include"] == "mynet, mynet.*"
+    assert setup["metadata"]["name"] == NEW and setup["mypy"]["files"].split(", ")[0] == NEW
+    assert setup["options.packages.find"]["include"] == f"{NEW}, {NEW}.*"
     leftovers = []
     for rel in files:
-        path = copy / re.sub(r"^project/", "mynet/", rel)
+        path = copy / re.sub(r"^project/", f"{NEW}/", rel)
         if rel in ("scripts/rename.py", "tests/test_rename.py") or not path.is_file():
             continue
         if path.suffix in (".py", ".yaml", ".yml", ".cfg", ".toml") or path.name == "Makefile":

@@ -90,6 +90,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_unbroken_run(runs_dir: Pat
     assert len(parts) == 2 and len({p.name.rsplit("-", 1)[-1] for p in parts}) == 1
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_a_run_then_continues_it(runs_dir: Path) -> None:
     args = ["--config", DIGITS, "--config", LIMIT, "--trainer.max_epochs", "3", "--run_name", "job42",
             "--resume", "auto"]  # fmt: skip
@@ -148,6 +149,7 @@ def short_run(runs_dir: Path, name: str = "base") -> Path:
     return runs_dir / name / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_named(
     runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -161,6 +163,7 @@ def test_truncated_checkpoint_is_named(
     assert f"checkpoint {truncated} is truncated or not a checkpoint" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     checkpoint = str(short_run(runs_dir))
     with pytest.raises(SystemExit):
@@ -170,6 +173,7 @@ def test_checkpoint_of_another_model_is_refused(runs_dir: Path, capsys: pytest.C
     assert "holds a project.model.ConvNet, but the config builds a project.model.CifarResNet" in err
 
 
+@pytest.mark.slow
 def test_checkpoints_load_weights_only_unless_told_otherwise(
     runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -199,6 +203,7 @@ class NaNAtStep(ConvNet):
         return loss
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     runs_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -357,6 +362,7 @@ def test_a_runs_folder_that_cannot_be_created_is_named(
     assert afile.read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_wandb_online_without_network_falls_back_to_offline(
     runs_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

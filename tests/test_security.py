@@ -101,7 +101,7 @@ def evil_module(tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch) -
 def refused(capsys: pytest.CaptureFixture[str], marker: Path, *args: str) -> str:
     """Run the CLI, which must exit 2 with one `error:` line and no code run; that line."""
     with pytest.raises(SystemExit) as exit_info:
-        main(args)
+        main(list(args))
     err = capsys.readouterr().err
     assert not marker.exists(), "the crafted code ran"
     assert exit_info.value.code == 2
@@ -303,6 +303,7 @@ def test_a_file_named_last_in_the_working_directory_is_checked_too(
 # ---- route 3: `pretrained:` reads another run's weights, never its hyper-parameters -------------
 
 
+@pytest.mark.slow
 def test_pretrained_takes_only_weights_from_a_crafted_run(
     trained: Path, tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -389,6 +390,7 @@ def test_a_replaced_cifar10_batch_is_never_unpickled(
     assert str(files.path(TEST_BATCH)) in line and "md5" in line
 
 
+@pytest.mark.slow
 def test_generated_cifar10_is_read_when_its_digests_are_passed(tmp_path: Path) -> None:
     """The generated stand-in is read only when the command line passes its own digests."""
     files = write_cifar10(tmp_path / "data", per_batch=4, test_size=4)

@@ -41,7 +41,12 @@ def test_collate_rejects_empty() -> None:
 
 
 def test_dataloader_yields_examples() -> None:
-    loader = DataLoader([sample(i) for i in range(5)], batch_size=2, collate_fn=Example.collate)
+    samples = [sample(i) for i in range(5)]
+    loader: DataLoader[Example] = DataLoader(
+        samples,  # type: ignore[arg-type]  # a list is a map-style dataset at runtime; the stubs want a Dataset
+        batch_size=2,
+        collate_fn=Example.collate,
+    )
     batches = list(loader)
     assert [len(b) for b in batches] == [2, 2, 1]
     assert all(isinstance(b, Example) for b in batches)

@@ -75,6 +75,7 @@ def test_a_misnamed_metric_is_a_clear_cli_error(runs_dir: Path, capsys: pytest.C
     assert "'logits'" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_autoencoder_config_logs_every_term(runs_dir: Path) -> None:
     cli = main(cli_args("fit", "--config", AE, "--config", LIMIT, runs_dir=runs_dir))
     assert cli is not None
@@ -92,6 +93,7 @@ def test_autoencoder_config_logs_every_term(runs_dir: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_a_classifier_trains_on_a_frozen_encoder_from_an_earlier_run(runs_dir: Path, tmp_path: Path) -> None:
     ae = main(cli_args("fit", "--config", AE, "--config", LIMIT, "--run_name", "ae", runs_dir=runs_dir))
     assert ae is not None

@@ -29,6 +29,8 @@ STAGES = ("val", "test")
 
 
 class EpochCallback(pl.Callback):
+    """The base of callbacks that look at a whole validation or test epoch: subclass it (see above)."""
+
     def __init__(self, stages: tuple[str, ...] = STAGES, every_n_epochs: int = 1) -> None:
         """
         Args:

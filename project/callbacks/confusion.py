@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 
 class ConfusionMatrix(EpochCallback):
+    """Draws which classes are mistaken for which, each validation epoch and test (counts and rates)."""
+
     def __init__(
         self,
         stages: tuple[str, ...] = ("val", "test"),

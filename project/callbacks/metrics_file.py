@@ -23,6 +23,8 @@ from project.files import atomic_write
 
 
 class FinalMetricsFile(pl.Callback):
+    """Writes each fit's, validate's and test's final metrics to metrics.json in the run directory."""
+
     def __init__(self, filename: str = "metrics.json") -> None:
         self.filename = filename
 

@@ -8,6 +8,11 @@ the real one, and `save_last` moves on to `last-v1.ckpt`. When the checkpoint be
 a ModelCheckpoint's own folder, its remembered paths are rewritten from the old folder to that one
 before Lightning reads them. A checkpoint from another run (--ckpt_path elsewhere/last.ckpt) is left
 as Lightning treats it: that run's files stay where they are.
+
+Those remembered paths are also what Lightning deletes when a better checkpoint replaces a top-k one,
+and a checkpoint is data from a file: any path that does not resolve into the ModelCheckpoint's own
+folder (`checkpoints/../../elsewhere`, a symlink out) is dropped before Lightning reads it, so a
+crafted checkpoint cannot make a resumed run delete files outside its run directory.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
 class MovedRunDir(pl.Callback):
+    """Lets a run directory moved or copied elsewhere resume there with its best and last checkpoints."""
+
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -31,6 +38,8 @@ class MovedRunDir(pl.Callback):
             return
         resumed_from = Path(trainer.ckpt_path).resolve().parent
         states = checkpoint.get("callbacks") or {}
+        if not isinstance(states, dict):
+            return
         for callback in trainer.checkpoint_callbacks:
             state = states.get(callback.state_key)
             if not isinstance(callback, ModelCheckpoint) or not callback.dirpath or not state:
@@ -38,6 +47,7 @@ class MovedRunDir(pl.Callback):
             old, new = str(state.get("dirpath") or ""), str(callback.dirpath)
             if old and old != new and Path(new).resolve() == resumed_from:
                 relocate(state, old, new)
+            keep_inside(state, new)
 
 
 def relocate(state: dict[str, Any], old: str, new: str) -> None:
@@ -54,3 +64,21 @@ def relocate(state: dict[str, Any], old: str, new: str) -> None:
     if isinstance(state.get("best_k_models"), dict):
         state["best_k_models"] = {moved(path): score for path, score in state["best_k_models"].items()}
     state["dirpath"] = new
+
+
+def keep_inside(state: dict[str, Any], folder: str) -> None:
+    """Drop the paths of a ModelCheckpoint state that do not resolve to a file inside `folder`."""
+    root = os.path.realpath(folder)
+
+    def inside(path: Any) -> bool:
+        if not isinstance(path, str) or not path:
+            return False
+        real = os.path.realpath(path)
+        return real != root and os.path.commonpath([root, real]) == root
+
+    for key in PATH_KEYS:
+        if key in state and not inside(state[key]):
+            state[key] = ""
+    if "best_k_models" in state:
+        models = state["best_k_models"] if isinstance(state["best_k_models"], dict) else {}
+        state["best_k_models"] = {path: score for path, score in models.items() if inside(path)}

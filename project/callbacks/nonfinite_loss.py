@@ -24,6 +24,8 @@ SHOWN_INDICES = 16
 
 
 class NonFiniteLossGuard(pl.Callback):
+    """Stops training at the first NaN or infinite loss, before it reaches the weights or a checkpoint."""
+
     def __init__(self) -> None:
         self._batch: Any = None
         self._batch_idx = -1

@@ -21,6 +21,8 @@ from project.structs import Example, Prediction
 
 
 class PredictionWriter(BasePredictionWriter):
+    """Makes `predict` write one CSV row per sample (index, pred, class, confidence) to the run directory."""
+
     def __init__(self, filename: str = "predictions.csv") -> None:
         super().__init__(write_interval="batch")
         self.filename = filename

@@ -19,6 +19,8 @@ import torch
 
 
 class RNGState(pl.Callback):
+    """Saves the random generators in every checkpoint, so a resumed run equals one that never stopped."""
+
     def state_dict(self) -> dict[str, Any]:
         # legacy=True: the tuple ("MT19937", keys, pos, has_gauss, cached_gaussian)
         state = cast(tuple[Any, ...], np.random.get_state(legacy=True))

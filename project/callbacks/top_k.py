@@ -2,6 +2,8 @@
 
 Each epoch it logs both sets as captioned images (`true: cat · pred: dog (0.93) · loss 3.21`), a
 W&B table (image, true, pred, confidence, entropy, loss, dataset index) and a PNG grid per set.
+Inputs that are not images (feature vectors) have no pictures: the table (also `top_k_table.json`
+beside the PNGs) then has a `features` column, the values of each sample in their own units.
 
 Cheap: each batch is merged into a running top-k on the device (O(batch + k), no host sync).
 Correct under DDP: each rank keeps its own top-k; at epoch end they are gathered and merged, so the
@@ -18,11 +20,12 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.nn import functional as F
 
 from project.callbacks.base import EpochCallback
-from project.callbacks.display import caption, class_names, display_images
+from project.callbacks.display import are_images, caption, class_names, display_features, display_images
 from project.callbacks.visual_log import VisualLog
 from project.errors import UserError
 from project.structs import Example, Prediction
@@ -38,7 +41,7 @@ class Ranked:
     pred: Tensor  # (n,)
     confidence: Tensor  # (n,)
     entropy: Tensor  # (n,)
-    image: Tensor  # (n, C, H, W)
+    image: Tensor  # (n, *input_shape): the model inputs, images or not
 
     def __len__(self) -> int:
         return len(self.score)
@@ -81,7 +84,7 @@ def top_k(ranked: Ranked, k: int, largest: bool = True) -> Ranked:
     return ranked.take(first.sort().values[:k])
 
 
-def pad(ranked: Ranked, k: int, image_shape: tuple[int, ...]) -> Ranked:
+def pad(ranked: Ranked, k: int, input_shape: tuple[int, ...]) -> Ranked:
     """Exactly k entries (padding has index -1), so every DDP rank gathers tensors of one shape."""
     missing = k - len(ranked)
     if missing <= 0:
@@ -94,12 +97,14 @@ def pad(ranked: Ranked, k: int, image_shape: tuple[int, ...]) -> Ranked:
         pred=torch.zeros(missing, device=device, dtype=torch.long),
         confidence=torch.zeros(missing, device=device, dtype=ranked.confidence.dtype),
         entropy=torch.zeros(missing, device=device, dtype=ranked.entropy.dtype),
-        image=torch.zeros(missing, *image_shape, device=device, dtype=ranked.image.dtype),
+        image=torch.zeros(missing, *input_shape, device=device, dtype=ranked.image.dtype),
     )
     return Ranked.cat([ranked, filler])
 
 
 class TopKExamples(EpochCallback):
+    """Shows the k samples with the highest loss and the k with the lowest, captioned: set k."""
+
     def __init__(
         self,
         k: int = 8,
@@ -118,6 +123,7 @@ class TopKExamples(EpochCallback):
         self.k = k
         self.highest: Ranked | None = None
         self.lowest: Ranked | None = None
+        self.said_no_pictures = False  # the info line about vector inputs, once per run
 
     def reset(self, pl_module: pl.LightningModule) -> None:
         self.highest = self.lowest = None
@@ -148,23 +154,38 @@ class TopKExamples(EpochCallback):
             return
         names = class_names(trainer, pl_module)
         rows: list[list[Any]] = []
+        shown_as = "image"
         for name, local, largest in (("top_k", self.highest, True), ("bottom_k", self.lowest, False)):
             ranked = self._global(local, pl_module, largest)  # collective: every rank takes part
             if ranked is None or not out.enabled:
                 continue
-            images = display_images(ranked.image, trainer)
-            fields = zip(
+            fields = list(zip(
                 ranked.label.tolist(), ranked.pred.tolist(), ranked.confidence.tolist(),
                 ranked.entropy.tolist(), ranked.score.tolist(), ranked.index.tolist(), strict=True,
-            )  # fmt: skip
-            captions = []
-            for image, (label, pred, confidence, entropy, loss, index) in zip(images, fields, strict=True):
-                captions.append(caption(names[label], names[pred], confidence, loss))
-                rows.append([name, image, names[label], names[pred], confidence, entropy, loss, index])
-            out.images(name, images, captions)
-            out.picture(name, image_grid(images, captions))
-        columns = ["set", "image", "true", "pred", "confidence", "entropy", "loss", "index"]
+            ))  # fmt: skip
+            shown: list[Any]
+            if are_images(ranked.image):
+                shown = display_images(ranked.image, trainer)
+                captions = [
+                    caption(names[label], names[pred], conf, loss) for label, pred, conf, _, loss, _ in fields
+                ]
+                out.images(name, shown, captions)
+                out.picture(name, image_grid(shown, captions))
+            else:
+                shown, shown_as = display_features(ranked.image, trainer), "features"
+                self._say_no_pictures(tuple(ranked.image.shape[1:]))
+            for sample, (label, pred, confidence, entropy, loss, index) in zip(shown, fields, strict=True):
+                rows.append([name, sample, names[label], names[pred], confidence, entropy, loss, index])
+        columns = ["set", shown_as, "true", "pred", "confidence", "entropy", "loss", "index"]
         out.table("top_k_table", columns, rows, image_columns=frozenset({"image"}))
+
+    def _say_no_pictures(self, input_shape: tuple[int, ...]) -> None:
+        if not self.said_no_pictures:
+            self.said_no_pictures = True
+            rank_zero_info(
+                f"TopKExamples: inputs of shape {input_shape} are not images, so no top_k/bottom_k pictures;"
+                " the samples and their feature values are in top_k_table (JSON beside the plots, W&B)"
+            )
 
 
 def image_grid(images: list[np.ndarray], captions: list[str], columns: int = 4) -> np.ndarray:

@@ -1,13 +1,18 @@
-"""`UncertaintyPlots`: is the model's uncertainty worth anything?
+"""`UncertaintyPlots`: is the model's uncertainty worth anything? Add it to `trainer.callbacks`.
 
 Each epoch, two figures and one scalar:
 - error rate vs predictive entropy: samples sorted by entropy into equal-count bins, with the
-  error rate of each bin. A useful uncertainty rises from left to right.
+  error rate of each bin, drawn evenly spaced by rank (ticks give each bin's mean entropy), so a
+  confident model's many near-zero entropies do not pile up in one spot. A useful uncertainty rises
+  from left to right.
 - a reliability diagram: accuracy against confidence in equal-width bins; a calibrated model follows
-  the diagonal. Its expected calibration error (torchmetrics) is logged as `<stage>/ece`.
+  the diagonal. Each bar is labelled with its number of samples, and a bin holding fewer than
+  `min_bin_count` is drawn hollow: its accuracy says little. Its expected calibration error
+  (torchmetrics) is logged as `<stage>/ece`.
 
 Per batch only three small vectors are appended on the device (torchmetrics `CatMetric`); the
-states are gathered from every DDP rank when the epoch ends.
+states are gathered from every DDP rank when the epoch ends. The bins (`entropy_bins`,
+`reliability_bins`) are computed apart from the drawing (`plot_*`), and saved beside the PNGs as JSON.
 """
 
 from __future__ import annotations
@@ -26,18 +31,22 @@ from project.structs import Example, Prediction
 
 
 def entropy_bins(entropy: Tensor, correct: Tensor, num_bins: int) -> list[dict[str, float]]:
-    """Equal-count bins of samples sorted by entropy: mean entropy, error rate, count per bin.
+    """Equal-count bins of samples sorted by entropy: mean entropy, error rate, count per bin, and
+    `rank`, the bin's middle as a fraction of the samples (where the plot puts it).
     Bins differ in size by at most one sample; fewer samples than bins gives one bin per sample."""
     order = torch.argsort(entropy, stable=True)
     bins = []
+    start = 0
     for chunk in torch.tensor_split(order, min(num_bins, len(order))):
         bins.append(
             {
                 "entropy": entropy[chunk].mean().item(),
                 "error_rate": 1.0 - correct[chunk].float().mean().item(),
                 "count": len(chunk),
+                "rank": (start + len(chunk) / 2) / len(order),
             }
         )
+        start += len(chunk)
     return bins
 
 
@@ -60,12 +69,15 @@ def reliability_bins(confidence: Tensor, correct: Tensor, num_bins: int) -> list
 
 
 class UncertaintyPlots(EpochCallback):
+    """Draws error rate vs entropy and a reliability diagram, and logs the calibration error (ece)."""
+
     def __init__(
         self,
         entropy_bins: int = 10,
         calibration_bins: int = 15,
         stages: tuple[str, ...] = ("val", "test"),
         every_n_epochs: int = 1,
+        min_bin_count: int = 10,
     ) -> None:
         """
         Args:
@@ -73,12 +85,16 @@ class UncertaintyPlots(EpochCallback):
             calibration_bins: number of equal-width confidence bins (also used for the ECE).
             stages: "val", "test" or both.
             every_n_epochs: see `EpochCallback`.
+            min_bin_count: reliability bins with fewer samples are drawn hollow (too few to judge).
         """
         super().__init__(stages, every_n_epochs)
         if entropy_bins < 1 or calibration_bins < 1:
             raise UserError("entropy_bins and calibration_bins must be at least 1")
+        if min_bin_count < 0:
+            raise UserError(f"min_bin_count must be at least 0, got {min_bin_count}")
         self.num_entropy_bins = entropy_bins
         self.num_calibration_bins = calibration_bins
+        self.min_bin_count = min_bin_count
         self.entropy = CatMetric()
         self.correct = CatMetric()
         self.confidence = CatMetric()
@@ -114,14 +130,20 @@ class UncertaintyPlots(EpochCallback):
         by_confidence = reliability_bins(confidence, correct, self.num_calibration_bins)
         out.json("uncertainty", {"ece": ece, "entropy_bins": by_entropy, "reliability_bins": by_confidence})
         out.figure("error_vs_entropy", plot_error_vs_entropy(by_entropy, len(entropy)))
-        out.figure("reliability", plot_reliability(by_confidence, ece, self.num_calibration_bins))
+        out.figure(
+            "reliability", plot_reliability(by_confidence, ece, self.num_calibration_bins, self.min_bin_count)
+        )
 
 
 def plot_error_vs_entropy(bins: list[dict[str, float]], total: int):  # type: ignore[no-untyped-def]
     fig = new_figure()
     ax = fig.subplots()
-    ax.plot([b["entropy"] for b in bins], [b["error_rate"] for b in bins], marker="o")
-    ax.set_xlabel("predictive entropy (nats), mean of bin")
+    # By rank, not by entropy value: equal-count bins stay apart on a confident model.
+    ranks = [b["rank"] for b in bins]
+    ax.plot(ranks, [b["error_rate"] for b in bins], marker="o")
+    ax.set_xticks(ranks, [f"{b['entropy']:.2g}" for b in bins], rotation=45, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("predictive entropy (nats), mean of bin; bins spaced by rank")
     ax.set_ylabel("error rate")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"Error rate vs entropy ({len(bins)} equal-count bins, {total} samples)", fontsize=10)
@@ -129,17 +151,25 @@ def plot_error_vs_entropy(bins: list[dict[str, float]], total: int):  # type: ig
     return fig
 
 
-def plot_reliability(bins: list[dict[str, float]], ece: float, num_bins: int):  # type: ignore[no-untyped-def]
+def plot_reliability(  # type: ignore[no-untyped-def]
+    bins: list[dict[str, float]], ece: float, num_bins: int, min_count: int = 10
+):
     fig = new_figure()
     ax = fig.subplots()
     width = 1.0 / num_bins
-    ax.bar([b["low"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
-           edgecolor="black", alpha=0.7, label="accuracy")  # fmt: skip
+    few = [b["count"] < min_count for b in bins]
+    bars = ax.bar([b["low"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
+                  color=[(0, 0, 0, 0) if f else (0.12, 0.47, 0.71, 0.7) for f in few],
+                  edgecolor="black", label="accuracy (number: samples)")  # fmt: skip
+    for bar, hollow in zip(bars, few, strict=True):
+        if hollow:
+            bar.set_linestyle(":")
+    ax.bar_label(bars, labels=[str(b["count"]) for b in bins], fontsize=7)  # samples per bin
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Reliability (ECE {ece:.3f})", fontsize=10)
+    ax.set_ylim(0, 1.08)  # room for the counts above full bars
+    ax.set_title(f"Reliability (ECE {ece:.3f}); samples per bar, hollow: fewer than {min_count}", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     return fig

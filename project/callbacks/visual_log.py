@@ -1,10 +1,12 @@
 """`VisualLog`: where one epoch's pictures go.
 
-Every figure is saved as a PNG in the run directory, `plots/<stage>/epoch_<n>/<name>.png`, so it can
-be looked at without any logger. It is also sent to each configured logger that shows pictures:
-W&B (images with captions, tables) and TensorBoard (`add_image` of the rendered figure). Tables
-are also saved as `<name>.json` beside the PNGs. On DDP ranks other than 0 every method but
-`scalar` does nothing.
+Every figure is saved as a PNG in the run directory, `plots/<stage>/<weights>/<name>.png`, so it can
+be looked at without any logger. `<weights>` names the weights looked at: `epoch_<n>` during fit (and
+for a model tested as it is in memory), the checkpoint's name when validate or test loaded one
+(`plots/test/best-epoch012/` for `best-epoch012.ckpt`). It is also sent to each configured logger
+that shows pictures: W&B (images with captions, tables) and TensorBoard (`add_image` of the rendered
+figure). Tables are also saved as `<name>.json` beside the PNGs. On DDP ranks other than 0 every
+method but `scalar` does nothing.
 
     out = VisualLog(trainer, pl_module, "val")
     out.figure("confusion_matrix", fig)                       # PNG + W&B image + TensorBoard image
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.trainer.states import TrainerFn
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,7 +36,7 @@ class VisualLog:
         self.pl_module = pl_module
         self.stage = stage
         self.step = trainer.global_step
-        self.dir = Path(trainer.default_root_dir) / "plots" / stage / f"epoch_{trainer.current_epoch}"
+        self.dir = Path(trainer.default_root_dir) / "plots" / stage / weights_name(trainer)
         self.enabled = trainer.is_global_zero
 
     def key(self, name: str) -> str:
@@ -102,6 +105,15 @@ class VisualLog:
     def scalar(self, name: str, value: float) -> None:
         """Logged like any metric (loggers, progress bar, metrics.json). Call on every rank."""
         self.pl_module.log(self.key(name), float(value))
+
+
+def weights_name(trainer: pl.Trainer) -> str:
+    """The folder name of the weights an epoch looks at. Outside fit, trainer.ckpt_path is the
+    checkpoint validate/test loaded (`best` resolved to its file); during fit it is only where a
+    resume started, and the weights are those of the current epoch."""
+    if trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path:
+        return Path(trainer.ckpt_path).stem
+    return f"epoch_{trainer.current_epoch}"
 
 
 def new_figure(width: float = 5.0, height: float = 4.0) -> Figure:

@@ -41,7 +41,7 @@ OFFICIAL_BATCH_MD5 = {name: md5 for name, md5 in [*CIFAR10.train_list, *CIFAR10.
 
 class CIFAR10DataModule(ClassificationDataModule):
     class_names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    image_shape = (3, 32, 32)
+    input_shape = (3, 32, 32)
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
 
@@ -76,8 +76,8 @@ class CIFAR10DataModule(ClassificationDataModule):
                 `ClassificationDataModule`.
         """
         super().__init__(**kwargs)
-        if not 0 <= crop_padding < min(self.image_shape[1:]):
-            raise UserError(f"crop_padding must be in 0..{min(self.image_shape[1:]) - 1}, got {crop_padding}")
+        if not 0 <= crop_padding < min(self.input_shape[1:]):
+            raise UserError(f"crop_padding must be in 0..{min(self.input_shape[1:]) - 1}, got {crop_padding}")
         self.data_dir = Path(data_dir)
         self.download = download
         self.augment = augment
@@ -166,7 +166,7 @@ class CIFAR10DataModule(ClassificationDataModule):
             if not np.issubdtype(labels.dtype, np.integer):
                 raise ValueError(f"labels are {labels.dtype}, not integers")
             labels = labels.astype(np.int64)
-            images = data.reshape(len(labels), *self.image_shape)
+            images = data.reshape(len(labels), *self.input_shape)
         except Exception as e:  # unpickling garbage can raise almost anything (MemoryError, ImportError...)
             raise UserError(
                 f"CIFAR-10 file {path} is truncated or corrupt ({type(e).__name__}: {e}). "

@@ -1,9 +1,10 @@
-"""`ImageDataset`: an in-memory image tensor seen through a list of indices, yielding `Example`s.
+"""`ImageDataset`: an in-memory tensor of inputs seen through a list of indices, yielding `Example`s.
 
     ds = ImageDataset(images, labels, indices=split.val, transform=eval_transform)
     ds[0]   # Example(image=(C, H, W) float, label=(), index=())
 
-`index` is the sample's position in `images`, so callbacks can find it again.
+The inputs need not be images: (N, 13) feature vectors give Examples whose `image` is a (13,)
+vector. `index` is the sample's position in `images`, so callbacks can find it again.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ class ImageDataset(Dataset[Example]):
     ) -> None:
         """
         Args:
-            images: (N, C, H, W), uint8 (0..255) or float (0..1).
+            images: (N, C, H, W), uint8 (0..255) or float (0..1); or any (N, ...) inputs, e.g. vectors.
             labels: (N,) int64, or None to yield unlabelled Examples (prediction).
             indices: which of the N samples this dataset holds (default: all), in order.
-            transform: applied to each (C, H, W) image.
+            transform: applied to each sample (a (C, H, W) image, a vector, ...).
         """
         self.images = images
         self.labels = labels

@@ -11,8 +11,9 @@ critical path of a small network (the idea behind airbench's 94 % CIFAR-10 in se
 still works, with the same batches.
 
 Shuffling is seeded from a seed and the epoch number, drawn on the CPU so that every device and
-every DDP rank computes the same order; a resumed run continues with the order of its epoch.
-Augmentation draws from a generator on the device, seeded per epoch and rank.
+every DDP rank computes the same order. Augmentation draws from a generator on the device, seeded
+per epoch, rank and batch. So a run resumed from a checkpoint, even one saved in the middle of an
+epoch, reads the batches the unbroken run would have read (`resume`, see resumable.py).
 
 Lightning accepts any iterable with `__len__` as a dataloader, but applies its DistributedSampler
 only to `torch.utils.data.DataLoader`s: under DDP these loaders shard themselves (`shard`), by rank
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +33,9 @@ from torch import Tensor
 from project.data.dataset import ImageDataset
 from project.data.device_augment import Augmentation, FusedNormalize
 from project.structs import Example
+
+if TYPE_CHECKING:
+    from project.data.resumable import Resume
 
 
 def check_rank(rank: int, world_size: int) -> None:
@@ -54,13 +59,14 @@ def shard(order: Tensor, rank: int, world_size: int, even: bool) -> Tensor:
 
 
 def seeded_generator(
-    seed: int, epoch: int, stream: int = 0, device: torch.device | str = "cpu"
+    seed: int, epoch: int, stream: int = 0, device: torch.device | str = "cpu", *, batch: int = 0
 ) -> torch.Generator:
-    """A generator on `device` whose state depends on (seed, epoch, stream) only.
+    """A generator on `device` whose state depends on (seed, epoch, stream, batch) only.
 
-    The three numbers are mixed by NumPy's SeedSequence, so nearby values (seed 1 epoch 0, seed 0
+    The numbers are mixed by NumPy's SeedSequence, so nearby values (seed 1 epoch 0, seed 0
     epoch 1) give unrelated streams, unlike `manual_seed(seed + epoch)`."""
-    state = np.random.SeedSequence([seed % 2**64, epoch, stream]).generate_state(1, dtype=np.uint64)[0]
+    entropy = [seed % 2**64, epoch, stream] + ([batch] if batch else [])  # batch 0: the epoch's own stream
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
     try:
         generator = torch.Generator(device=device)
     except RuntimeError:  # a device type without generators of its own: draw on the CPU instead
@@ -79,7 +85,8 @@ class DeviceBatches:
     `images` are (N, C, H, W) uint8 (or float 0..1), `labels` (N,) or None, and `indices` (N,) the
     position of each image in its dataset (what `Example.index` reports). Each iteration is one
     epoch; its number comes from `epoch()` (the trainer's `current_epoch`), or, without it, from a
-    count of the iterations started here. `augmentation` applies to every batch (training only)."""
+    count of the iterations started here; `resume()` (given a position, once) starts at a batch of an
+    epoch. `augmentation` applies to every batch (training only)."""
 
     SHUFFLE_STREAM = 0
     AUGMENT_STREAM = 1
@@ -100,6 +107,7 @@ class DeviceBatches:
         rank: int = 0,
         world_size: int = 1,
         epoch: Callable[[], int] | None = None,
+        resume: Resume | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -114,6 +122,7 @@ class DeviceBatches:
         self.channels_last = channels_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = epoch
+        self.resume = resume
         self.iterations = 0
 
     @property
@@ -139,21 +148,22 @@ class DeviceBatches:
         return shard(order, self.rank, self.world_size, even=self.shuffle).to(self.device)
 
     def __iter__(self) -> Iterator[Example]:
-        # Decided now rather than at the first next(): the epoch is the trainer's when it asks for
-        # the iterator.
-        epoch = self.epoch() if self.epoch is not None else self.iterations
+        # A generator: the epoch and start are decided at the first next(), when Lightning starts
+        # reading, not when it merely checks that the loader is iterable.
+        position = self.resume() if self.resume is not None else None
+        if position is not None:
+            epoch, skip = position
+        else:
+            epoch, skip = (self.epoch() if self.epoch is not None else self.iterations), 0
         self.iterations += 1
-        generator = None
-        if self.augmentation is not None:
-            stream = self.AUGMENT_STREAM + self.rank  # ranks read other images: decorrelate their draws
-            generator = seeded_generator(self.seed, epoch, stream, self.device)
-        return self._batches(self.order(epoch), generator)
-
-    def _batches(self, order: Tensor, generator: torch.Generator | None) -> Iterator[Example]:
-        for start in range(0, len(order), self.batch_size):
-            positions = order[start : start + self.batch_size]
+        order = self.order(epoch)
+        stream = self.AUGMENT_STREAM + self.rank  # ranks read other images: decorrelate their draws
+        for batch in range(skip, math.ceil(len(order) / self.batch_size)):
+            positions = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             images = self.images[positions]
             if self.augmentation is not None:
+                # Seeded per batch: batch b is augmented alike whether or not batches before it were read.
+                generator = seeded_generator(self.seed, epoch, stream, self.device, batch=batch + 1)
                 images = self.augmentation(images, generator)
             if self.channels_last:  # before normalizing: the float tensor is written in this layout once
                 images = images.contiguous(memory_format=torch.channels_last)

@@ -27,6 +27,10 @@ class ReconstructionPrediction(Prediction):
 
 
 class LatentClassifier(BaseModel[Example, Prediction]):
+    """A classifier of a small latent code (conv encoder + MLP): set latent, hidden, pretrained.
+
+    Its `encoder` can start from an AutoencoderClassifier's, frozen (`pretrained`)."""
+
     def __init__(
         self,
         num_classes: int,
@@ -58,6 +62,10 @@ DEFAULT_AE_LOSSES: list[LossTermConfig] = [
 
 
 class AutoencoderClassifier(LatentClassifier):
+    """A classifier that also rebuilds its input (encoder, decoder, MLP): set latent, losses, metrics.
+
+    Trained by weighted loss terms: by default cross-entropy + 0.5 x MSE of reconstruction vs image."""
+
     prediction_type = ReconstructionPrediction
 
     def __init__(

@@ -40,7 +40,13 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, O
 
 from project.checkpoint_io import check_checkpoint_hyperparameters
 from project.errors import UserError
-from project.metrics import ClassificationMetrics, ConfiguredMetrics, ExampleMetrics, MetricTermConfig
+from project.metrics import (
+    BUILTIN_METRICS,
+    ClassificationMetrics,
+    ConfiguredMetrics,
+    ExampleMetrics,
+    MetricTermConfig,
+)
 from project.model.losses import LossTermConfig, LossTerms
 from project.model.pretrained import PretrainedConfig, load_pretrained
 from project.structs import Example, Loss, Prediction
@@ -69,8 +75,10 @@ class ScheduleFactory(Protocol):
 
 
 class BaseModel(pl.LightningModule, Generic[E, P]):
-    """A classifier's training, validation, test and prediction loop, generic over its input `E` and
-    output `P` structs (so mypy checks a variant's field use). Subclass it and add layers and `forward`."""
+    """A classifier: set its optimizer, scheduler, losses and metrics here; subclass it for your model.
+
+    The training, validation, test and prediction loop, written once. Generic over its input `E` and
+    output `P` structs (so mypy checks a variant's field use): a variant adds layers and `forward`."""
 
     # The struct types at run time: config-declared losses and metrics check their field names here.
     example_type: ClassVar[type[Example]] = Example
@@ -79,7 +87,7 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
     def __init__(
         self,
         num_classes: int,
-        in_shape: tuple[int, int, int],
+        in_shape: tuple[int, ...],
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: ScheduleFactory | None = None,
         label_smoothing: float = 0.0,
@@ -90,7 +98,8 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         """
         Args:
             num_classes: number of classes (linked from the DataModule).
-            in_shape: input (channels, height, width) (linked from the DataModule).
+            in_shape: the shape of one input: (channels, height, width) for images, (features,) for
+                vectors (linked from the DataModule's input_shape).
             optimizer: any `torch.optim` optimizer with its arguments (lr, weight_decay, ...).
             scheduler: any `torch.optim.lr_scheduler` class with its arguments, stepped every
                 optimizer step; None keeps the learning rate constant. OneCycleLR, CosineAnnealingLR,
@@ -98,7 +107,8 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
                 total_iters) is the Trainer's number of optimizer steps.
             label_smoothing: cross-entropy label smoothing, 0 to disable.
             losses: loss terms from the config (see model/losses.py); default: `compute_loss`.
-            metrics: metrics from the config (see metrics/configured.py); default: `create_metrics`.
+            metrics: metrics from the config, logged besides the built-in acc and f1 (see
+                metrics/configured.py).
             pretrained: sub-modules to load from earlier runs when fit starts, optionally frozen
                 (see model/pretrained.py).
         """
@@ -146,9 +156,14 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         return Loss({"ce": ce})
 
     def create_metrics(self, prefix: str) -> ExampleMetrics:
-        if self.metric_configs:
+        if self.metric_configs:  # besides the built-in ones: `val/acc` (the default monitor) stays
             return ConfiguredMetrics(
-                self.metric_configs, self.num_classes, self.example_type, self.prediction_type, prefix=prefix
+                self.metric_configs,
+                self.num_classes,
+                self.example_type,
+                self.prediction_type,
+                prefix=prefix,
+                builtin=BUILTIN_METRICS,
             )
         return ClassificationMetrics(self.num_classes, prefix=prefix)
 
@@ -180,8 +195,9 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         if given != self.in_shape:
             raise UserError(
                 f"{type(self).__name__} was built for inputs of shape {self.in_shape} (model.init_args."
-                f"in_shape, linked from the DataModule's image_shape), but a batch holds {given}: make "
-                f"the DataModule's image_shape the shape of the samples it yields"
+                f"in_shape, linked from the DataModule's input_shape), but a batch holds {given}: make "
+                f"the DataModule's input_shape (image_shape in older DataModules) the shape of the samples "
+                f"it yields"
             )
 
     def _shared_step(self, example: E, stage: Stage) -> tuple[P, Loss]:

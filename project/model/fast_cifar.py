@@ -97,6 +97,10 @@ def compile_unavailable_reason(device: torch.device) -> str | None:
 
 
 class FastCifarNet(BaseModel[Example, Prediction]):
+    """A fast CIFAR-10 classifier (~94 % in seconds on a GPU): set widths, whiten, tta_flip, compile.
+
+    airbench-style: a whitening stem, three conv blocks and a scaled linear head (module docstring)."""
+
     whitened: Tensor
     """A bool buffer: whether `init_whitening` has set the stem (saved in checkpoints)."""
 

@@ -18,6 +18,10 @@ from project.structs import Example, Prediction
 
 
 class CifarResNet(BaseModel[Example, Prediction]):
+    """A ResNet-18/34 classifier for 32x32 images (CIFAR-10): set depth; train it on a GPU.
+
+    torchvision's ResNet with the ImageNet stem replaced by one 3x3 stride-1 convolution."""
+
     def __init__(
         self,
         num_classes: int,

@@ -27,7 +27,8 @@ E = TypeVar("E", bound="Example")
 @dataclass
 class Example:
     image: Tensor
-    """(B, C, H, W) float, normalized; (C, H, W) for a single sample."""
+    """(B, *input_shape) float, normalized: (B, C, H, W) images, (B, features) vectors; a single
+    sample has no B."""
     label: Tensor | None = None
     """(B,) int64 class indices; `None` when labels are unknown (prediction)."""
     index: Tensor | None = None
