@@ -74,6 +74,20 @@ def test_a_train_loader_resumed_at_batch_k_reads_the_rest_of_that_epoch_exactly(
     )
 
 
+@pytest.mark.parametrize("device_loader", [False, True], ids=["dataloader", "device_loader"])
+def test_a_loop_without_set_epoch_still_reads_a_new_order_each_epoch(device_loader: bool) -> None:
+    """A hand-written loop over train_dataloader() (no Lightning, no set_epoch): epoch after epoch,
+    a fresh permutation, the same as the Trainer's epochs 0, 1, 2."""
+    data = DigitsDataModule(batch_size=50, device_loader=device_loader, shuffle_seed=3)
+    data.setup("fit")
+    loader = data.train_dataloader()
+    orders = [torch.cat([e.index for e in loader if e.index is not None]) for _ in range(3)]
+    assert len({tuple(order.tolist()) for order in orders}) == 3
+    if not device_loader:
+        loader.sampler.set_epoch(1)  # type: ignore[union-attr]  # what Lightning does
+        assert torch.equal(torch.cat([e.index for e in loader if e.index is not None]), orders[1])
+
+
 def test_a_resume_position_from_a_file_is_used_only_when_well_formed() -> None:
     """A checkpoint's DataModule state is data from a file: anything but two non-negative ints is ignored."""
     assert TrainPosition.from_state({"epoch": 2, "batch": 5}) == TrainPosition(2, 5)

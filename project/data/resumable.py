@@ -10,9 +10,10 @@ and can start at any batch of it:
   checkpoint by `ClassificationDataModule.state_dict`, handed back on resume, used once.
 - `EpochSampler`: the DataLoader's order, a per-epoch permutation of `seed` and one shard per DDP
   rank (torch's DistributedSampler, which Lightning then leaves in place), from that batch on. Each
-  index comes with its own augmentation seed, so a sample's random crop does not depend on how many
-  samples were augmented before it, nor on the worker that loads it.
-- `SeededSamples`: runs the dataset under that seed (the global generator forked, not disturbed).
+  index comes with an augmentation seed, so a batch's random crops do not depend on how many
+  batches were augmented before it, nor on the worker that loads it.
+- `SeededSamples`: reads each batch under the seed of its first sample (the global generator forked,
+  not disturbed).
 The device loader (`device_loader.py`) seeds its batches the same way.
 
 Why the DataModule's state and not the DataLoader's own `state_dict`: a scheduler that asks for
@@ -83,7 +84,8 @@ class EpochSampler(DistributedSampler[Any]):
 
     Yields dataset positions, or `(position, augmentation seed)` pairs for `SeededSamples` when
     `augment`. `resume()` is asked at the start of each epoch's reading; a position it gives sets the
-    epoch and the batches to skip (Lightning's `set_epoch` sets the epoch otherwise)."""
+    epoch and the batches to skip. Lightning's `set_epoch` sets the epoch otherwise; a hand-written
+    loop that never calls it still gets the next epoch's order each time it reads the loader again."""
 
     def __init__(
         self,
@@ -98,6 +100,11 @@ class EpochSampler(DistributedSampler[Any]):
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.batch_size, self.augment, self.resume = batch_size, augment, resume
+        self.epoch_read = False  # whether this epoch's order was handed out since set_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.epoch_read = False
 
     def __iter__(self) -> Iterator[Any]:
         skip = 0
@@ -105,6 +112,9 @@ class EpochSampler(DistributedSampler[Any]):
         if position is not None:
             self.set_epoch(position.epoch)
             skip = position.batch * self.batch_size
+        elif self.epoch_read:  # read again without a set_epoch: the next epoch
+            self.set_epoch(self.epoch + 1)
+        self.epoch_read = True
         positions = list(super().__iter__())[skip:]
         if not self.augment:
             return iter(positions)
@@ -113,8 +123,13 @@ class EpochSampler(DistributedSampler[Any]):
 
 
 class SeededSamples(Dataset[Example]):
-    """`dataset[i]` under the random seed the sampler sent with `i`; a plain `i` (e.g. from
-    Lightning's overfit_batches sampler) reads as the dataset would."""
+    """The dataset's samples under the random seed the sampler sent with them; a plain `i` (e.g.
+    from Lightning's overfit_batches sampler) reads as the dataset would.
+
+    The DataLoader asks for a whole batch at once (`__getitems__`), which is augmented under the seed
+    of its first sample: one reseed per batch, not per sample (a reseed costs about as much as a
+    sample's crop and flip). Batches are cut from the epoch's order at fixed positions, so a batch
+    holds the same samples, and gets the same seed, whether or not the batches before it were read."""
 
     def __init__(self, dataset: Dataset[Example]) -> None:
         self.dataset = dataset
@@ -123,9 +138,13 @@ class SeededSamples(Dataset[Example]):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: int | tuple[int, int]) -> Example:
-        if not isinstance(key, tuple):
-            return self.dataset[key]
-        i, seed = key
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[int | tuple[int, int]]) -> list[Example]:
+        first = keys[0] if keys else None
+        if not isinstance(first, tuple):
+            return [self.dataset[key] for key in keys]
+        # Only the CPU generator is forked and seeded (torch.manual_seed would reseed CUDA's too).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[i]
+            torch.default_generator.manual_seed(first[1])
+            return [self.dataset[key[0]] for key in keys]  # type: ignore[index]  # all pairs
