@@ -149,6 +149,7 @@ def test_an_experiment_runs_a_batch(path: Path, runs_dir: Path, cifar_args: list
     assert cli is not None and cli.trainer.global_step == 1
 
 
+@pytest.mark.slow  # a CLI build each (~0.5 s): the experiments are built in make test-fast too
 @pytest.mark.parametrize("path", params("preset"))
 def test_a_preset_sets_what_it_says(path: Path, runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cli = build(["--config", str(BASE), "--config", str(path)], runs_dir, monkeypatch)
@@ -178,6 +179,7 @@ def test_a_preset_runs_on_the_digits_demo(path: Path, runs_dir: Path) -> None:
     assert cli is not None and cli.trainer.global_step >= 1
 
 
+@pytest.mark.slow  # two CLI builds
 @pytest.mark.parametrize("path", params("fragment"))
 def test_a_callbacks_fragment_adds_its_callbacks(
     path: Path, base_cli: ProjectCLI, runs_dir: Path, monkeypatch: pytest.MonkeyPatch

@@ -36,7 +36,7 @@ def batches(loader: Iterable[Example]) -> list[tuple[torch.Tensor, torch.Tensor,
 
 
 def epoch_read(device_loader: bool, epoch: int, resume: TrainPosition | None) -> list[Any]:
-    data = AugmentedDigits(batch_size=50, device_loader=device_loader, shuffle_seed=3)
+    data = AugmentedDigits(batch_size=50, device_loader=device_loader, shuffle_seed=3, dev_subset=400)
     data.setup("fit")
     if resume is not None:
         data.load_state_dict({"train_position": resume._asdict()})
@@ -64,7 +64,7 @@ def test_a_train_loader_resumed_at_batch_k_reads_the_rest_of_that_epoch_exactly(
         assert torch.equal(index, index_r) and torch.equal(label, label_r)
         assert torch.equal(image, image_r)  # the random crop and flip too
     # The augmentation did run (an epoch's images differ from the unaugmented ones somewhere).
-    plain = DigitsDataModule(batch_size=50, device_loader=device_loader, shuffle_seed=3)
+    plain = DigitsDataModule(batch_size=50, device_loader=device_loader, shuffle_seed=3, dev_subset=400)
     plain.setup("fit")
     unaugmented = {
         int(i): img for b in batches(plain.train_dataloader()) for img, i in zip(b[0], b[2], strict=True)
@@ -78,7 +78,7 @@ def test_a_train_loader_resumed_at_batch_k_reads_the_rest_of_that_epoch_exactly(
 def test_a_loop_without_set_epoch_still_reads_a_new_order_each_epoch(device_loader: bool) -> None:
     """A hand-written loop over train_dataloader() (no Lightning, no set_epoch): epoch after epoch,
     a fresh permutation, the same as the Trainer's epochs 0, 1, 2."""
-    data = DigitsDataModule(batch_size=50, device_loader=device_loader, shuffle_seed=3)
+    data = DigitsDataModule(batch_size=50, device_loader=device_loader, shuffle_seed=3, dev_subset=400)
     data.setup("fit")
     loader = data.train_dataloader()
     orders = [torch.cat([e.index for e in loader if e.index is not None]) for _ in range(3)]
