@@ -94,8 +94,8 @@ def _value(text: str) -> str:
 
 def init_arguments(class_path: str) -> list[str]:
     """Constructor arguments of a class, following **kwargs up to its parents (BaseModel's lr, ...)."""
-    cls, depth = _locate(class_path)
-    if depth < class_path.count(".") + 1 or not isinstance(cls, type):
+    cls = located_class(class_path)
+    if cls is None:
         return []
     names: list[str] = []
     for klass in inspect.getmro(cls):
@@ -108,6 +108,12 @@ def init_arguments(class_path: str) -> list[str]:
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
     return names
+
+
+def located_class(path: str) -> type | None:
+    """The class a whole dotted path names; None when any part of it is missing or it is no class."""
+    found, depth = _locate(path)
+    return found if depth == path.count(".") + 1 and isinstance(found, type) else None
 
 
 def _locate(path: str) -> tuple[Any, int]:
@@ -303,8 +309,8 @@ def without_default_nulls(config: Any) -> Any:
     for value in config.trainer.values():
         for spec in value if isinstance(value, list) else [value]:
             if isinstance(spec, Namespace) and isinstance(spec.get("init_args"), Namespace):
-                cls, depth = _locate(str(spec.class_path))
-                if depth == str(spec.class_path).count(".") + 1 and isinstance(cls, type):
+                cls = located_class(str(spec.class_path))
+                if cls is not None:
                     _drop_default_nulls(spec.init_args, inspect.signature(cls).parameters)
     return config
 

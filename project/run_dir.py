@@ -50,7 +50,7 @@ from pytorch_lightning.cli import LightningArgumentParser, SaveConfigCallback
 from project.checkpoint_io import check_checkpoint
 from project.errors import UserError
 from project.files import atomic_write
-from project.parser import _locate
+from project.parser import located_class
 from project.wandb_setup import name_wandb_run, wandb_run_id
 
 # Lightning's DDP launcher re-runs the command in child processes that inherit the environment:
@@ -170,8 +170,7 @@ def warn_about_callbacks(config: Namespace, subcommand: str, defaults_file: Path
 
 
 def _class(class_path: str) -> Any:
-    found, depth = _locate(class_path)
-    return found if depth == class_path.count(".") + 1 else class_path
+    return located_class(class_path) or class_path  # unresolved: compared by its text
 
 
 def run_summary(run_dir: Path) -> str:
