@@ -23,11 +23,17 @@ run:  ## train the default demo (CIFAR-10 ResNet); extra CLI flags via ARGS="...
 demo:  ## train a small ConvNet on scikit-learn's digits: offline, ~30 s on 2 cores
 	$(PY) -m project fit --config configs/digits.yaml $(ARGS)
 
+# Two pytest-xdist workers: most slow tests wait on one single-threaded CLI subprocess, so two at once
+# fill both cores. loadfile: a module's tests run in one worker, in order (a README command reads the
+# run an earlier one trained; module-scoped fixtures are built once). `make test WORKERS=0`: one process.
+WORKERS ?= 2
+XDIST    = -n $(WORKERS) --dist loadfile
+
 test:  ## the whole test suite, as CI runs it (end-to-end CLI, DDP and multi-epoch runs included)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(XDIST) $(ARGS)
 
 test-fast:  ## every room's unit tests: pytest -m "not slow" (no CLI subprocess, DDP or multi-epoch run)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(ARGS)
 
 test-%:  ## run tests matching a pattern: make test-structs
 	$(PY) -m pytest -k "$*" $(ARGS)

@@ -7,6 +7,7 @@
     python -m project fit --config configs/digits.yaml --print_config
     python -m project test --config configs/digits.yaml --ckpt_path runs/<run>/checkpoints/last.ckpt
     python -m project predict --config configs/digits.yaml --ckpt_path runs/<run>/checkpoints/last.ckpt
+    (`tune` and `runs` are dispatched in __main__.py, to sweep/command.py and runs.py)
 
 `configs/defaults.yaml` is read first by every subcommand (loggers, checkpoints, seed), then each
 `--config` in order, then the dotted overrides. Elsewhere: run directories (run_dir.py), checks of

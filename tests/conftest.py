@@ -30,10 +30,22 @@ def _offline_wandb(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["WANDB_DATA_DIR"] = str(home / "data")
 
 
+# Set by pytest-xdist in its workers (`make test` runs two): each then gets one core's share.
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, 2 // XDIST_WORKERS)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads_per_worker() -> None:
+    """Two cores: intra-op threads beyond them only contend with DataLoader workers and W&B; with two
+    xdist workers, one each (CLI subprocesses inherit OMP_NUM_THREADS)."""
+    if XDIST_WORKERS > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+
+
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:
-    # Two cores: intra-op threads beyond that only contend with DataLoader workers and W&B.
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture

@@ -276,6 +276,7 @@ def test_a_fit_gets_no_wandb_warning_about_the_anonymous_setting(tmp_path: Path)
     run that the setting has no effect: the CLI leaves it out."""
     result = run_module(
         "fit", "--config", DIGITS, "--config", LIMIT, "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",  # W&B speaks at init
         "--test_after_fit", "false", "--trainer.default_root_dir", str(tmp_path / "runs"),
         env={"WANDB_SILENT": "false"},
     )  # fmt: skip

@@ -8,7 +8,9 @@ covered the day it lands:
   the Trainer it builds must carry every value of the file, and it then runs one epoch at most;
 - a fragment (a YAML list, e.g. visuals.yaml): appended with `--trainer.callbacks+`, and each class
   it lists must be built once more than without it;
-- configs/defaults.yaml, read first by every command: its callbacks must be in every Trainer.
+- configs/defaults.yaml, read first by every command: its callbacks must be in every Trainer;
+- a search file (configs/search/NAME.yaml, for `tune`): every key an option of configs/NAME.yaml, and
+  a point drawn from its space builds as that experiment's overrides.
 Anything else under configs/ fails `test_every_config_file_is_exercised`.
 """
 
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 
@@ -26,6 +29,9 @@ from project.cli import ProjectCLI, main
 from project.data import ClassificationDataModule
 from project.data.fake_cifar10 import write_cifar10
 from project.model import BaseModel
+from project.sweep.command import check_keys
+from project.sweep.runner import overrides
+from project.sweep.space import load_search
 from tests.conftest import CONFIGS, cli_args
 
 DEFAULTS = CONFIGS / "defaults.yaml"
@@ -53,6 +59,8 @@ def kind(path: Path) -> str:
         return "defaults"
     if isinstance(content, list):
         return "fragment"
+    if path.parent.name == "search" and isinstance(content, dict) and "params" in content:
+        return "search"
     if isinstance(content, dict) and ({"model", "data"} & content.keys()):
         return "experiment"
     if isinstance(content, dict) and set(content) == {"trainer"}:
@@ -193,6 +201,31 @@ def test_a_callbacks_fragment_adds_its_callbacks(
     listed = [entry["class_path"].rsplit(".", 1)[-1] for entry in load(path)]
     for name in set(listed):
         assert with_it.get(name, 0) == without.get(name, 0) + listed.count(name), name
+
+
+@pytest.mark.parametrize("path", params("search"))
+def test_a_search_file_varies_options_of_its_experiment(
+    path: Path, runs_dir: Path, cifar_args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    search = load_search(path)
+    experiment = CONFIGS / path.name  # configs/search/digits.yaml searches configs/digits.yaml
+    assert experiment.is_file(), f"{path} has no experiment {experiment} to search"
+    with pytest.raises(SystemExit) as printed:
+        main(["fit", "--config", str(experiment), "--print_config"])
+    assert printed.value.code in (0, None)
+    check_keys(search, yaml.safe_load(capsys.readouterr().out))
+    point = optuna.create_study(sampler=search.make_sampler()).ask(search.params).params
+    args = ["--config", str(experiment), *local_data_args(load(experiment), cifar_args), *overrides(point)]
+    cli = build(args, runs_dir, monkeypatch)
+    for name, value in point.items():  # each drawn value reached the parsed config, typed
+        expected = yaml.safe_load(value) if isinstance(value, str) else value
+        assert _plain(cli.config.fit.get(name)) == expected, name
+    if "data.init_args.batch_size" in point:  # and the built objects
+        assert getattr(cli.datamodule, "batch_size", None) == point["data.init_args.batch_size"]
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def test_defaults_are_read_by_every_command(base_cli: ProjectCLI) -> None:

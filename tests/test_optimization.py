@@ -4,15 +4,13 @@ the schedule's length always from the Trainer."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from project.cli import main
-from tests.conftest import CONFIGS, REPO, cli_args
+from tests.conftest import CONFIGS, cli_args
 
 DIGITS = str(CONFIGS / "digits.yaml")
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
@@ -70,21 +68,18 @@ def test_the_schedule_length_cannot_be_typed(runs_dir: Path, capsys: pytest.Capt
     assert "total_steps" in err and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_help_lists_the_chosen_optimizers_own_arguments() -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "project",
-        "fit",
-        "--model.init_args.optimizer.help",
-        "torch.optim.RAdam",
-    ]
-    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
-    assert "--optimizer.decoupled_weight_decay" in out and "--optimizer.lr" in out
-    command[-2:] = ["--model.init_args.scheduler.help", "torch.optim.lr_scheduler.OneCycleLR"]
-    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
-    assert "--scheduler.max_lr" in out and "--scheduler.pct_start" in out
+def test_help_lists_the_chosen_optimizers_own_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    # In-process: the README's `python -m project fit --model.init_args.optimizer.help ...` runs as a
+    # subprocess in tests/test_readme_commands.py.
+    for flag, name, expected in (
+        ("optimizer", "torch.optim.RAdam", ("--optimizer.decoupled_weight_decay", "--optimizer.lr")),
+        ("scheduler", "torch.optim.lr_scheduler.OneCycleLR", ("--scheduler.max_lr", "--scheduler.pct_start")),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", f"--model.init_args.{flag}.help", name])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert all(option in out for option in expected), out
 
 
 def test_a_schedule_over_an_endless_run_is_one_line(

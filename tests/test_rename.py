@@ -654,15 +654,10 @@ def test_renamed_copy_of_this_repository_runs(tmp_path: Path) -> None:
     assert f"class_path: {NEW}.model.ConvNet" in config.stdout and f"project: {NEW}" in config.stdout
     assert f"{NEW}.callbacks.PredictionWriter" in config.stdout and "project." not in config.stdout
     runs = tmp_path / "runs"
-    # A short real run (fast_dev_run keeps no run directory): one epoch of a few batches.
-    fast = [
-        "--config",
-        "configs/digits.yaml",
-        "--config",
-        "configs/debug/limit.yaml",
-        "--trainer.max_epochs",
-        "1",
-    ]
+    # A short real run (fast_dev_run keeps no run directory): one epoch of two batches, then its test.
+    fast = ["--config", "configs/digits.yaml", "--config", "configs/debug/limit.yaml",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]  # fmt: skip
     fit = run("-m", NEW, "fit", *fast, "--trainer.default_root_dir", str(runs))
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert f"Run directory: {runs}" in fit.stdout

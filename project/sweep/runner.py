@@ -1,0 +1,284 @@
+"""The trial loop of `tune`: each worker thread asks the study for a trial, runs it as an ordinary `fit`
+in a process of its own, and tells the study how it ended; until the study holds `n_trials` finished
+trials, counted in the study's storage, so workers on other machines share the budget.
+
+    runs/<study>/trial-0007/        the trial's run directory: everything a fit run has, plus trial.json
+    runs/<study>/logs/trial-0007.log  what the trial's process printed
+
+How a trial ends, and what counts toward n_trials:
+    complete   the fit ended; its value is the objective in metrics.json (the last validation epoch)
+    pruned     TrialReport stopped it early (report.py); its run directory is kept
+    failed     the fit failed (an error, a NaN, out of memory): counts, with the error's line kept
+    failed, interrupted   the tune process running it was killed or stopped: does not count, and the
+               same parameters are queued again, so a resumed study ends with n_trials finished trials
+A trial's process dies with its tune process (child.py). The next tune process on the same machine marks
+such a trial interrupted at once (its worker's pid is gone); on another machine the storage's heartbeat
+goes stale and Optuna's `fail_stale_trials` marks it after storage.GRACE_S seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from project.files import atomic_write
+from project.sweep.child import TRIAL_ENV
+from project.sweep.report import MISSING, PRUNED_AT
+from project.sweep.space import Search
+from project.sweep.storage import HEARTBEAT_S, shown
+
+PACKAGE = __name__.split(".")[0]  # `python -m <package> fit`, whatever the project was renamed to
+REPORTER = f"{__name__.rsplit('.', 1)[0]}.report.TrialReport"
+WORKER, ERROR, RUN_DIR, RETRY_OF = "worker", "error", "run_dir", "retry_of"  # trial user attributes
+HOST = socket.gethostname()
+
+
+@dataclass
+class Sweep:
+    """One tune process's view of the study it works on."""
+
+    study: optuna.Study
+    storage: optuna.storages.RDBStorage
+    storage_url: str
+    search: Search
+    base_args: list[str]  # fit's arguments: configs and dotted overrides
+    study_dir: Path
+    n_trials: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+    abort: str | None = None  # a problem every trial would have: the study stops with it
+    children: set[subprocess.Popen[bytes]] = field(default_factory=set)
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Whether a trial used up one of the study's n_trials."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and ERROR in trial.user_attrs
+
+
+def trials_left(sweep: Sweep) -> int:
+    """n_trials less the finished trials and those running (here or on other machines)."""
+    trials = sweep.study.get_trials(deepcopy=False)
+    return sweep.n_trials - sum(counted(t) or t.state == TrialState.RUNNING for t in trials)
+
+
+def reap_interrupted(sweep: Sweep) -> list[int]:
+    """Mark the running trials whose tune process is gone as failed (interrupted), queue their
+    parameters again, and return their numbers."""
+    running = {t.number: t for t in sweep.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(sweep.study)  # other machines' dead workers (stale heartbeat)
+    still = {t.number for t in sweep.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    reaped = [number for number in running if number not in still]
+    for number in sorted(still):
+        worker = running[number].user_attrs.get(WORKER)
+        if worker is not None and worker.get("host") == HOST and not _alive(worker):
+            sweep.study.tell(number, state=TrialState.FAIL)
+            reaped.append(number)
+    for number in reaped:
+        sweep.study.enqueue_trial(running[number].params, user_attrs={RETRY_OF: number})
+    return reaped
+
+
+def work(sweep: Sweep) -> None:
+    """One worker: run trials until the budget is used up, the study is stopped, or a problem aborts it."""
+    while not sweep.stop.is_set():
+        with sweep.lock:  # one ask at a time in this process, so local workers never overshoot
+            for number in reap_interrupted(sweep):
+                print(
+                    f"trial {number}: its tune process was killed; marked failed (interrupted), queued again"
+                )
+            if trials_left(sweep) <= 0 or _grid_done(sweep):
+                return
+            trial = sweep.study.ask(sweep.search.params)
+            trial_id = _trial_id(sweep, trial.number)
+            sweep.storage.record_heartbeat(trial_id)
+            trial.set_user_attr(WORKER, {"host": HOST, "pid": os.getpid(), "start": _start_time(os.getpid())})
+        run_trial(sweep, trial, trial_id)
+
+
+def run_trial(sweep: Sweep, trial: optuna.trial.Trial, trial_id: int) -> None:
+    run_dir = sweep.study_dir / f"trial-{trial.number:04d}"
+    log = sweep.study_dir / "logs" / f"{run_dir.name}.log"
+    if run_dir.exists():  # never write into a folder of another study that had this name
+        _end(sweep, trial, TrialState.FAIL, None, None)
+        sweep.abort = (
+            f"{run_dir} exists but is no trial of this study in {shown(sweep.storage_url)}: the study's "
+            "storage is not the one those trials were written to; pass another --study_name, or move "
+            f"{sweep.study_dir} away"
+        )
+        sweep.stop.set()
+        return
+    trial.set_user_attr(RUN_DIR, str(run_dir.resolve()))
+    command = [sys.executable, "-m", PACKAGE, "fit", *sweep.base_args, *overrides(trial.params)]
+    command += ["--trainer.default_root_dir", str(sweep.study_dir), "--run_name", run_dir.name]
+    command += ["--trainer.callbacks+", REPORTER]
+    context = {
+        "storage": sweep.storage_url,
+        "study": sweep.study.study_name,
+        "trial_id": trial_id,
+        "objective": sweep.search.objective,
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(f"{PACKAGE.upper()}_RUN_DIR")}
+    env |= {TRIAL_ENV: json.dumps(context), "WANDB_RUN_GROUP": sweep.study.study_name}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        sweep.children.add(process)
+        while True:  # the heartbeat tells other machines this trial is alive
+            try:
+                process.wait(timeout=HEARTBEAT_S)
+                break
+            except subprocess.TimeoutExpired:
+                sweep.storage.record_heartbeat(trial_id)
+        sweep.children.discard(process)
+    seconds = time.monotonic() - started
+    attrs = sweep.storage.get_trial_user_attrs(trial_id)
+    metrics = _read_json(run_dir / "metrics.json")
+    value = metrics.get(sweep.search.objective)
+    if MISSING in attrs:
+        sweep.abort = _last_error(log) or f"the objective {sweep.search.objective} is never logged"
+        sweep.stop.set()
+        state, error = TrialState.FAIL, None  # a problem of the search file, not of this trial: no count
+    elif process.returncode == 0 and PRUNED_AT in attrs:
+        state, error = TrialState.PRUNED, None
+    elif process.returncode == 0 and isinstance(value, (int, float)) and math.isfinite(value):
+        state, error = TrialState.COMPLETE, None
+    elif process.returncode == 0 and value is None:
+        state, error = TrialState.FAIL, f"its metrics.json has no {sweep.search.objective}"
+    elif process.returncode == 0:
+        state, error = TrialState.FAIL, f"the objective {sweep.search.objective} ended as {value}"
+    elif sweep.stop.is_set() and process.returncode < 0:
+        state, error = TrialState.FAIL, None  # stopped with the tune process (Ctrl-C): interrupted
+    else:
+        state, error = TrialState.FAIL, _last_error(log) or f"exit status {process.returncode}"
+    if error is not None:
+        trial.set_user_attr(ERROR, error)
+    _end(sweep, trial, state, value if state == TrialState.COMPLETE else None, run_dir)
+    _say(sweep, trial, state, value, error, seconds, attrs.get(PRUNED_AT), log)
+
+
+def overrides(params: dict[str, Any]) -> list[str]:
+    """A trial's parameters as dotted command-line options (lists and mappings as the YAML text they are)."""
+    args = []
+    for name, value in params.items():
+        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True)
+        args += [f"--{name}", text.removesuffix("\n...\n").strip()]
+    return args
+
+
+def _end(
+    sweep: Sweep, trial: optuna.trial.Trial, state: TrialState, value: float | None, run_dir: Path | None
+) -> None:
+    with sweep.lock:
+        sweep.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    if run_dir is not None and run_dir.is_dir():
+        record = {
+            "study": sweep.study.study_name,
+            "number": trial.number,
+            "state": state.name,
+            "value": value,
+            "params": trial.params,
+        }
+        with atomic_write(run_dir / "trial.json") as f:
+            f.write(json.dumps(record, indent=2) + "\n")
+
+
+def _say(
+    sweep: Sweep,
+    trial: optuna.trial.Trial,
+    state: TrialState,
+    value: Any,
+    error: str | None,
+    seconds: float,
+    pruned_at: int | None,
+    log: Path,
+) -> None:
+    params = ", ".join(f"{name.rsplit('.', 1)[-1]}={_short(v)}" for name, v in trial.params.items())
+    if state == TrialState.COMPLETE:
+        outcome = f"{sweep.search.objective}={value:.4g}"
+    elif state == TrialState.PRUNED:
+        outcome = f"pruned after epoch {pruned_at}"
+    elif error is None:
+        outcome = "interrupted"
+    else:
+        outcome = f"failed: {error} (log: {log})"
+    finished = sum(counted(t) for t in sweep.study.get_trials(deepcopy=False))
+    print(
+        f"trial {trial.number} [{finished}/{sweep.n_trials}] {outcome} ({params}) in {seconds:.0f} s",
+        flush=True,
+    )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _grid_done(sweep: Sweep) -> bool:
+    """Whether a grid search has visited every point (a queued retry of an interrupted one aside)."""
+    sampler = sweep.study.sampler
+    waiting = sweep.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return (
+        isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(sweep.study) and not waiting
+    )
+
+
+def _trial_id(sweep: Sweep, number: int) -> int:
+    study_id = sweep.storage.get_study_id_from_name(sweep.study.study_name)
+    return sweep.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def _alive(worker: dict[str, Any]) -> bool:
+    """Whether the tune process that ran a trial on this machine still runs (and is that process,
+    not a later one given the same pid)."""
+    pid = int(worker.get("pid", 0))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return worker.get("start") is None or worker.get("start") == _start_time(pid)
+
+
+def _start_time(pid: int) -> int | None:
+    """When a process started, in clock ticks since boot (Linux); None where /proc is not there."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _last_error(log: Path) -> str | None:
+    """The error line a failed trial printed last (the CLI's `error: ...`, or a traceback's last line)."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else None

@@ -1,0 +1,130 @@
+"""`tune` across processes: a study killed mid-trial continues to exactly n_trials; two workers share a
+study on SQLite; two tune processes (as on two machines) share one on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import own_wandb_service, unused_port
+from tests.test_sweep import GOOD, plain, trials_csv, tune, write_search
+
+
+@pytest.mark.slow
+def test_a_killed_study_continues_with_exactly_n_trials(tmp_path: Path) -> None:
+    search = write_search(tmp_path, pruner="none", sampler="random", params=GOOD)
+    args = ["--search", str(search), "--n_trials", "2", *plain(tmp_path)]
+    study_dir = tmp_path / "runs" / "search"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "project", "tune", *args], cwd=tmp_path, env=own_wandb_service(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lock = study_dir / "trial-0001" / ".lock"
+    deadline = time.monotonic() + 300
+    while not (lock.is_file() and lock.read_text().strip()) and time.monotonic() < deadline:
+        assert first.poll() is None, first.stdout.read() if first.stdout else ""
+        time.sleep(0.2)
+    time.sleep(1.0)  # well into trial 1
+    trial_pid = int(lock.read_text().split("pid ")[1].split(",")[0])
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    for _ in range(50):  # the trial's process dies with the tune process
+        if not _running(trial_pid):
+            break
+        time.sleep(0.1)
+    assert not _running(trial_pid)
+    finished_before = {p.name: p.read_bytes() for p in (study_dir / "trial-0000").rglob("*") if p.is_file()}
+    interrupted_before = sorted(p.name for p in (study_dir / "trial-0001").iterdir())
+
+    again = tune(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "marked failed (interrupted)" in again.stdout
+    rows = trials_csv(study_dir)
+    assert [(r["number"], r["state"]) for r in rows] == [("0", "complete"), ("1", "fail"), ("2", "complete")]
+    assert "interrupted" in rows[1]["note"]
+    assert rows[2]["model.init_args.hidden"] == rows[1]["model.init_args.hidden"]  # the same point, again
+    after = {p.name: p.read_bytes() for p in (study_dir / "trial-0000").rglob("*") if p.is_file()}
+    assert after == finished_before  # nothing a finished trial wrote is touched
+    assert sorted(p.name for p in (study_dir / "trial-0001").iterdir()) == interrupted_before
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_on_sqlite(tmp_path: Path) -> None:
+    search = write_search(tmp_path, pruner="none", sampler="random", params=GOOD)
+    done = tune("--search", str(search), "--n_trials", "2", "--workers", "2", *plain(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'runs' / 'search' / 'study.db'}")
+    trials = optuna.load_study(study_name="search", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    starts = sorted(
+        (t.datetime_start, t.datetime_complete) for t in trials if t.datetime_start and t.datetime_complete
+    )
+    assert len(starts) == 2 and starts[1][0] < starts[0][1]  # the second began before the first ended
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL server in a temporary folder on 127.0.0.1, stopped and removed afterwards.
+    PostgreSQL refuses to run as root: there it runs as the `postgres` user, in a folder of its own
+    (pytest's temporary folders are private to root)."""
+    if not all(shutil.which(name) for name in ("initdb", "pg_ctl")):
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not on PATH")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="pg-"))
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root, and there is no `postgres` user to run PostgreSQL as")
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = folder / "data", unused_port()
+    initdb = [*as_user, "initdb", "-D", str(data), "-U", "optuna", "--auth=trust"]
+    subprocess.run(initdb, check=True, capture_output=True)
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {folder}"
+    pg_ctl = [*as_user, "pg_ctl", "-D", str(data), "-l", str(folder / "log")]
+    subprocess.run([*pg_ctl, "-o", options, "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://optuna@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_tune_processes_join_one_study_on_postgresql(tmp_path: Path, postgres: str) -> None:
+    search = write_search(tmp_path, pruner="none", sampler="random", params=GOOD)
+    command_line = [sys.executable, "-m", "project", "tune", "--search", str(search), "--n_trials", "2"]
+    command_line += ["--storage", postgres, *plain(tmp_path)]
+    shells = [
+        subprocess.Popen(
+            command_line, cwd=tmp_path, env=own_wandb_service(), stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [shell.communicate(timeout=600)[0] for shell in shells]
+    assert [shell.returncode for shell in shells] == [0, 0], outputs
+    trials = optuna.load_study(study_name="search", storage=postgres).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(t.number for t in trials) == [0, 1]
+    assert all("trial 0" in out or "trial 1" in out for out in outputs)  # each process ran one of them
