@@ -14,6 +14,8 @@ from typing import Any
 
 TRIAL_ENV = "PROJECT_TRIAL"  # {"storage", "study", "trial_id", "objective"}; DDP ranks inherit it
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PRUNED_AT = "pruned_at_epoch"  # trial user attributes TrialReport sets and the tune process reads
+MISSING = "objective_missing"
 
 
 def trial_context() -> dict[str, Any] | None:

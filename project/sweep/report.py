@@ -17,12 +17,9 @@ import optuna
 import pytorch_lightning as pl
 
 from project.errors import UserError
-from project.sweep.child import trial_context
+from project.sweep.child import MISSING, PRUNED_AT, trial_context
 from project.sweep.space import make_pruner
 from project.sweep.storage import open_storage
-
-PRUNED_AT = "pruned_at_epoch"  # trial user attributes the tune process reads
-MISSING = "objective_missing"
 
 
 class TrialReport(pl.Callback):

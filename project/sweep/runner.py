@@ -35,8 +35,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from project.files import atomic_write
-from project.sweep.child import TRIAL_ENV
-from project.sweep.report import MISSING, PRUNED_AT
+from project.sweep.child import MISSING, PRUNED_AT, TRIAL_ENV
 from project.sweep.space import Search
 from project.sweep.storage import HEARTBEAT_S, shown
 
