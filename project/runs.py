@@ -192,10 +192,10 @@ def read_run(path: Path, root: Path) -> Run:
     except ValueError:  # a run given to --diff by a path outside ROOT
         name = str(path)
     config = _read_yaml(_newest_config(path))
-    record = _read_json(path / "run.json")
-    final = _read_json(path / "metrics.json")
+    record = read_json(path / "run.json")
+    final = read_json(path / "metrics.json")
     metrics = {k: float(v) for k, v in final.items() if _is_number(v) and k not in BOOKKEEPING}
-    trial = _read_json(path / "trial.json")
+    trial = read_json(path / "trial.json")
     epochs = record.get("epochs", final.get("epoch"))
     model = _dig(config, "model", "class_path")
     status = run_status(path, record, trial, has_metrics=bool(metrics))
@@ -226,7 +226,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return content if isinstance(content, dict) else {}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A run's JSON file as a mapping; empty when absent, half-read or not a mapping."""
     try:
         content = json.loads(path.read_text())
     except (OSError, ValueError):

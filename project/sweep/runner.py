@@ -35,6 +35,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from project.files import atomic_write
+from project.runs import read_json
 from project.sweep.child import MISSING, PRUNED_AT, TRIAL_ENV
 from project.sweep.space import Search
 from project.sweep.storage import HEARTBEAT_S, shown
@@ -147,7 +148,7 @@ def run_trial(sweep: Sweep, trial: optuna.trial.Trial, trial_id: int) -> None:
         sweep.children.discard(process)
     seconds = time.monotonic() - started
     attrs = sweep.storage.get_trial_user_attrs(trial_id)
-    metrics = _read_json(run_dir / "metrics.json")
+    metrics = read_json(run_dir / "metrics.json")
     value = metrics.get(sweep.search.objective)
     if MISSING in attrs:
         sweep.abort = _last_error(log) or f"the objective {sweep.search.objective} is never logged"
@@ -261,14 +262,6 @@ def _start_time(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return content if isinstance(content, dict) else {}
 
 
 def _last_error(log: Path) -> str | None:
