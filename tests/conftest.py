@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,6 +105,29 @@ def kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], timeo
     finally:
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+# The test files that take longest (measured with --durations on 2 cores), longest first. Under xdist's
+# loadfile, files go to whichever worker is free in collection order: the long ones first, so the two
+# workers end together rather than one idling while the other runs a long file. Files not listed
+# follow, those with more slow tests first. A stale list only costs balance, never a test.
+LONGEST_FIRST = [
+    "test_sweep.py", "test_cli.py", "test_recovery.py", "test_resume_mid_epoch.py", "test_resilience.py",
+    "test_sweep_workers.py", "test_distributed.py", "test_readme_commands.py", "test_rename.py",
+    "test_callbacks.py",
+]  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if XDIST_WORKERS <= 1:
+        return
+    slow = Counter(item.path.name for item in items if item.get_closest_marker("slow"))
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        return (LONGEST_FIRST.index(name), 0) if name in LONGEST_FIRST else (len(LONGEST_FIRST), -slow[name])
+
+    items.sort(key=rank)  # stable: a file's tests keep their order
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -78,9 +78,12 @@ def test_model_sizes_come_only_from_the_data(
 
 @pytest.mark.slow
 def test_fit_on_digits_end_to_end(tmp_path: Path) -> None:
-    """The offline demo as a user runs it: trains, tests, and leaves a complete run directory."""
+    """The offline demo as a user runs it (in 10 of its 30 epochs: the schedule is scaled to the run's
+    length, and 10 are enough for its accuracy): trains, tests, and leaves a complete run directory."""
     runs_dir = tmp_path / "runs"
-    result = run_module("fit", "--config", DIGITS, "--trainer.default_root_dir", str(runs_dir))
+    result = run_module(
+        "fit", "--config", DIGITS, "--trainer.max_epochs", "10", "--trainer.default_root_dir", str(runs_dir)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = only_run_dir(runs_dir)
     assert f"Run directory: {run_dir}" in result.stdout
@@ -88,7 +91,7 @@ def test_fit_on_digits_end_to_end(tmp_path: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["val/acc"] >= 0.95
     assert metrics["test/acc"] >= 0.9  # fit is followed by test on the best checkpoint
-    assert metrics["epoch"] == 30
+    assert metrics["epoch"] == 10
 
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(name.startswith("best-epoch") for name in checkpoints)

@@ -2,9 +2,9 @@
 
 Every command of the README's shell blocks ("Make it yours" included) is either run, with the debug
 presets and tiny limits, in a temporary working directory (so nothing lands in this checkout's runs/),
-or listed in NOT_RUN with the reason it cannot run here. A command that is neither fails
-`test_every_readme_command_is_run_or_listed`, so a new one cannot slip in untested. The README's
-Python blocks are executed too.
+`python -m` commands in this process and `make` ones as subprocesses, or listed in NOT_RUN with the
+reason it cannot run here. A command that is neither fails `test_every_readme_command_is_run_or_listed`,
+so a new one cannot slip in untested. The README's Python blocks are executed too.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from project.__main__ import dispatch
 from project.cli import main
 from tests.conftest import REPO, own_wandb_service
 
@@ -52,6 +53,14 @@ NOT_RUN = {
     "make rename NAME=x": "rewrites this checkout (see make rename NAME=mynet)",
     "venv/bin/python -m pytest -k regress --regen-regress": "rewrites the committed golden files",
     "git diff --stat tests/regress/": "reads this checkout's git history",
+    f"python -m {PACKAGE} tune --config configs/digits.yaml --search configs/search/digits.yaml "
+    "--n_trials 20": ("20 trials of 30 epochs; tests/test_sweep.py runs 4-trial studies of the same config"),
+    f"python -m {PACKAGE} tune --config configs/digits.yaml --search configs/search/digits.yaml "
+    "--storage postgresql://user:password@db-host/optuna": (
+        "a PostgreSQL server of yours; tests/test_sweep_workers.py joins two tune processes on one it starts"
+    ),
+    f"python -m {PACKAGE} tune --config configs/cifar10.yaml --search configs/search/cifar10.yaml "
+    "--storage postgresql://user:password@db-host/optuna": "SLURM, GPUs, a PostgreSQL server and CIFAR-10",
 }
 # Not run here either, by shape: `make test`, `make test-fast`, `make test-cli`, `make test-pdb-cli`, ...
 NOT_RUN_PATTERNS = {re.compile(r"make test(-[\w-]+)?( .*)?"): "runs (part of) this test suite"}
@@ -164,6 +173,9 @@ def resolve(command: str, cwd: Path) -> list[str]:
         command = command.replace(placeholder, value)
     trained = (p.parent.parent for p in cwd.glob("runs/*/checkpoints/last.ckpt"))
     runs = sorted(trained, key=lambda p: p.stat().st_mtime)
+    if "runs/<other-run>" in command:  # --diff: the run before it
+        assert len(runs) >= 2, f"{command}: fewer than two runs made by earlier README commands"
+        command = command.replace("runs/<other-run>", f"runs/{runs[-2].name}")
     if "runs/<run>" in command:
         assert runs, f"{command}: no run made by an earlier README command"
         run = runs[-1]
@@ -173,7 +185,8 @@ def resolve(command: str, cwd: Path) -> list[str]:
     words = shlex.split(command)
     if words[:2] == ["python", "-m"]:
         words = [sys.executable, *words[1:]]
-        if not any("help" in w or w == "--print_config" for w in words):
+        lightning_cli = words[3] in ("fit", "validate", "test", "predict")  # not `runs`: it trains nothing
+        if lightning_cli and not any("help" in w or w == "--print_config" for w in words):
             words += SHRINK
     elif words[0] == "make":
         words = ["make", f"PY={sys.executable}", *words[1:], *MAKE_RUN[words[1]]]
@@ -184,11 +197,32 @@ def resolve(command: str, cwd: Path) -> list[str]:
 @pytest.mark.parametrize(
     "command", [pytest.param(c, id=re.sub(r"[^\w./= -]+", "_", c)) for c in commands() if runnable(c)]
 )
-def test_a_readme_command_runs(command: str, workspace: Path) -> None:
+def test_a_readme_command_runs(
+    command: str, workspace: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     if command == "source venv/bin/activate":  # a shell builtin: the file it reads is there
         assert (Path(sys.executable).parent / "activate").is_file()
         return
-    env = own_wandb_service() | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     words = resolve(command, workspace)
-    result = subprocess.run(words, cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{shlex.join(words)} failed:\n{result.stderr[-3000:]}"
+    if words[0] == sys.executable:  # python -m project ...: in this process, as `python -m` would run it
+        status = run_in_process(words[3:], workspace, monkeypatch)
+        errors = capfd.readouterr().err
+    else:
+        env = own_wandb_service() | {
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+        }
+        result = subprocess.run(words, cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
+        status, errors = result.returncode, result.stderr
+    assert status == 0, f"{shlex.join(words)} failed:\n{errors[-3000:]}"
+
+
+def run_in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """`python -m <package> ARGS` in `cwd`, in this process: the CLI's seconds of imports are paid once
+    for all the README's commands rather than once each. Returns the exit status."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [PACKAGE, *args])
+    try:
+        dispatch()
+    except SystemExit as stop:  # --help, --print_config, an error: as the process would exit
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return 0

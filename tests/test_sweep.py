@@ -20,7 +20,7 @@ import yaml
 
 from project.cli import main as fit_main
 from project.errors import UserError
-from project.sweep import command
+from project.sweep import command, runner
 from project.sweep.space import load_search
 from project.sweep.storage import open_storage
 from tests.conftest import CONFIGS, own_wandb_service, unused_port
@@ -241,3 +241,18 @@ def test_a_study_refuses_another_search_space_and_more_workers_than_trials(study
     with pytest.raises(UserError, match=r"was made with another search space.*give --study_name NEW"):
         command.open_study(storage, url, "search", search, [])
     assert study_dir.joinpath("study.db").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_trial_runs_in_the_spare_process_or_afresh_when_the_spare_died(tmp_path: Path) -> None:
+    """runner._launch: a waiting spare (child.serve) runs the trial's command with its output in the
+    trial's log; a spare that died is replaced by a fresh process, so the trial still runs. (`runs` on an
+    empty folder stands in for a fit: the same dispatch, one line of output, no training.)"""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
+    dead.wait()
+    for name, spare in (("spare", runner.start_spare()), ("dead", dead)):
+        log = tmp_path / f"{name}.log"
+        process = runner._launch(spare, ["runs", str(tmp_path)], {"WANDB_RUN_GROUP": "g"}, log)
+        assert process.wait(timeout=120) == 2  # the one-line error of `runs` with no run directories
+        assert (process is spare) == (name == "spare")
+        assert log.read_text().startswith(f"error: no run directories under {tmp_path}")

@@ -32,6 +32,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 
 from project.files import atomic_write
+from project.run_dir import LOCK_FILE
 
 HEARTBEAT_S = 60.0
 # How a run stopped on purpose ends (Ctrl-C; SLURM's or a scheduler's SIGTERM, Lightning's SIGTERMException).
@@ -71,7 +72,9 @@ class RunStatus(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if self._record is None:  # failed before this callback's setup
+        if self._record is None:  # failed before this callback's setup (e.g. the data's download)
+            if not _holds_files(trainer):  # a run that never started: its empty directory is removed
+                return
             self._start(trainer)
         status = "interrupted" if type(exception).__name__ in INTERRUPTIONS else "failed"
         lines = str(exception).strip().splitlines()
@@ -124,6 +127,12 @@ class RunStatus(pl.Callback):
         except (OSError, ValueError):  # none yet (a new run), or unreadable: start afresh
             return {}
         return earlier if isinstance(earlier, dict) else {}
+
+
+def _holds_files(trainer: pl.Trainer) -> bool:
+    """Whether the run directory holds anything but its lock (a resumed run's files, say)."""
+    root = Path(trainer.default_root_dir)
+    return root.is_dir() and any(path.name != LOCK_FILE for path in root.iterdir())
 
 
 def _fit_epochs(trainer: pl.Trainer) -> int | None:

@@ -1,7 +1,13 @@
 """What a trial's process gets from the `tune` process that started it: the study to report to, through
 one environment variable (so the trial's saved config stays an ordinary fit's, and a storage password
 never lands in a config file or in W&B), and a lifeline: the trial ends when `tune` ends, however it
-ends, SIGKILL included, so a killed sweep leaves no orphan training on."""
+ends, SIGKILL included, so a killed sweep leaves no orphan training on.
+
+`python -m project.sweep.child` is a trial's process started ahead of its trial (runner.py keeps one
+spare per worker): it pays a fit's start-up, the imports of torch and Lightning (most of the seconds
+before a fit's first step), while the tune process checks the base command or the previous trial
+trains, then waits for its trial on stdin (one JSON line: the fit's arguments, the trial's environment
+variables, its log file) and runs it as `python -m project` would."""
 
 from __future__ import annotations
 
@@ -27,7 +33,12 @@ def trial_context() -> dict[str, Any] | None:
 def die_with_parent() -> None:
     """In a trial's processes (and the DDP ranks they start), ask Linux to kill this process when its
     parent dies. Elsewhere (outside a sweep, or not on Linux) a no-op."""
-    if TRIAL_ENV not in os.environ or not sys.platform.startswith("linux"):
+    if TRIAL_ENV in os.environ:
+        _lifeline()
+
+
+def _lifeline() -> None:
+    if not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -36,3 +47,36 @@ def die_with_parent() -> None:
         return
     if os.getppid() == 1:  # the parent died before the request took effect
         os._exit(1)
+
+
+def serve() -> None:
+    """Run as a spare trial process: import the CLI now, then run the trial tune sends (see above)."""
+    if sys.argv[1:]:  # a DDP rank Lightning started again with the trial's arguments: a trial process
+        die_with_parent()
+        run_command()
+        return
+    _lifeline()
+    import project.cli  # noqa: F401  # the seconds this process is started early for
+
+    line = sys.stdin.readline()
+    if not line:  # the study needs no more trials from this worker
+        return
+    job = json.loads(line)
+    os.environ.update(job["env"])
+    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    os.dup2(log, 1)  # what the trial prints goes to its log, as a cold-started trial's does
+    os.dup2(log, 2)
+    os.close(log)
+    sys.argv[1:] = job["args"]  # Lightning's DDP launcher starts the other ranks with sys.argv
+    run_command()
+
+
+def run_command() -> None:
+    """`python -m project ...` on sys.argv (the dispatch of project/__main__.py)."""
+    from project.__main__ import dispatch
+
+    dispatch()
+
+
+if __name__ == "__main__":
+    serve()

@@ -28,7 +28,7 @@ import yaml
 
 from project.errors import UserError
 from project.sweep.results import best_trial, write_results
-from project.sweep.runner import PACKAGE, Sweep, counted, reap_interrupted, trials_left, work
+from project.sweep.runner import PACKAGE, Sweep, counted, reap_interrupted, start_spare, trials_left, work
 from project.sweep.space import Search, load_search
 from project.sweep.storage import open_storage, shown, sqlite_url
 
@@ -80,6 +80,22 @@ def run(args: list[str]) -> None:
     if search.grid and (points := math.prod(len(values) for values in search.grid.values())) < n_trials:
         print(f"note: the grid has {points} points, so the study ends after {points} trials, not {n_trials}")
         n_trials = points
+    # The first trial's process imports torch and Lightning meanwhile: the base check costs no wait.
+    spare = start_spare()
+    try:
+        run_study(options, search, n_trials, base_args, spare)
+    finally:
+        spare.kill()  # a no-op once its trial has ended; still importing if the study never got that far
+        spare.wait()
+
+
+def run_study(
+    options: argparse.Namespace,
+    search: Search,
+    n_trials: int,
+    base_args: list[str],
+    spare: subprocess.Popen[bytes],
+) -> None:
     base = base_config(base_args)
     check_keys(search, base)
     study_name = options.study_name or search.study_name or search.path.stem
@@ -93,7 +109,7 @@ def run(args: list[str]) -> None:
     url = options.storage or sqlite_url(study_dir)
     storage = open_storage(url, heartbeat=True)
     study = open_study(storage, url, study_name, search, base_args)
-    sweep = Sweep(study, storage, url, search, base_args, study_dir, n_trials)
+    sweep = Sweep(study, storage, url, search, base_args, study_dir, n_trials, options.workers)
     with sweep.lock:
         for number in reap_interrupted(sweep):
             print(f"trial {number}: its tune process was killed; marked failed (interrupted), queued again")
@@ -106,15 +122,18 @@ def run(args: list[str]) -> None:
     print(
         f"study {study_name}: {n_trials - left} of {n_trials} trials done; storage {shown(url)}", flush=True
     )
-    run_workers(sweep, options.workers)
+    run_workers(sweep, spare)
     skipped = write_results(study, search, study_dir, root)
     if sweep.abort:
         raise UserError(sweep.abort)
     summarize(sweep, best_trial(study), skipped, url)
 
 
-def run_workers(sweep: Sweep, workers: int) -> None:
-    threads = [threading.Thread(target=work, args=(sweep,), daemon=True) for _ in range(workers)]
+def run_workers(sweep: Sweep, spare: subprocess.Popen[bytes]) -> None:
+    threads = [
+        threading.Thread(target=work, args=(sweep, spare if i == 0 else None), daemon=True)
+        for i in range(sweep.workers)
+    ]
     for thread in threads:
         thread.start()
     try:

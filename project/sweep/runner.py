@@ -57,6 +57,7 @@ class Sweep:
     base_args: list[str]  # fit's arguments: configs and dotted overrides
     study_dir: Path
     n_trials: int
+    workers: int = 1  # this process's
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     abort: str | None = None  # a problem every trial would have: the study stops with it
@@ -93,24 +94,54 @@ def reap_interrupted(sweep: Sweep) -> list[int]:
     return reaped
 
 
-def work(sweep: Sweep) -> None:
-    """One worker: run trials until the budget is used up, the study is stopped, or a problem aborts it."""
-    while not sweep.stop.is_set():
-        with sweep.lock:  # one ask at a time in this process, so local workers never overshoot
-            for number in reap_interrupted(sweep):
-                print(
-                    f"trial {number}: its tune process was killed; marked failed (interrupted), queued again"
+def work(sweep: Sweep, spare: subprocess.Popen[bytes] | None = None) -> None:
+    """One worker: run trials until the budget is used up, the study is stopped, or a problem aborts it.
+    `spare`: a trial process already importing (child.serve), for its first trial; each trial started
+    starts the spare for the next one (started by this thread: the lifeline of child.py is tied to it)."""
+    try:
+        while not sweep.stop.is_set():
+            with sweep.lock:  # one ask at a time in this process, so local workers never overshoot
+                for number in reap_interrupted(sweep):
+                    print(
+                        f"trial {number}: its tune process was killed; marked failed (interrupted), "
+                        "queued again"
+                    )
+                if trials_left(sweep) <= 0 or _grid_done(sweep):
+                    return
+                trial = sweep.study.ask(sweep.search.params)
+                trial_id = _trial_id(sweep, trial.number)
+                sweep.storage.record_heartbeat(trial_id)
+                trial.set_user_attr(
+                    WORKER, {"host": HOST, "pid": os.getpid(), "start": _start_time(os.getpid())}
                 )
-            if trials_left(sweep) <= 0 or _grid_done(sweep):
-                return
-            trial = sweep.study.ask(sweep.search.params)
-            trial_id = _trial_id(sweep, trial.number)
-            sweep.storage.record_heartbeat(trial_id)
-            trial.set_user_attr(WORKER, {"host": HOST, "pid": os.getpid(), "start": _start_time(os.getpid())})
-        run_trial(sweep, trial, trial_id)
+                more = trials_left(sweep) >= sweep.workers  # after every worker's trial: one more
+            spare = run_trial(sweep, trial, trial_id, spare, more)
+    finally:
+        if spare is not None:
+            spare.kill()
+            spare.wait()
 
 
-def run_trial(sweep: Sweep, trial: optuna.trial.Trial, trial_id: int) -> None:
+def start_spare() -> subprocess.Popen[bytes]:
+    """A trial process that imports the CLI now and runs the trial it is given later (child.serve)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"{PACKAGE}.sweep.child"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_trial_env(),
+    )
+
+
+def run_trial(
+    sweep: Sweep,
+    trial: optuna.trial.Trial,
+    trial_id: int,
+    spare: subprocess.Popen[bytes] | None = None,
+    more: bool = False,
+) -> subprocess.Popen[bytes] | None:
+    """Run one trial (in `spare` if it is still waiting, else in a new process) and tell the study how it
+    ended; with `more`, start and return the spare for the next one."""
     run_dir = sweep.study_dir / f"trial-{trial.number:04d}"
     log = sweep.study_dir / "logs" / f"{run_dir.name}.log"
     if run_dir.exists():  # never write into a folder of another study that had this name
@@ -121,31 +152,30 @@ def run_trial(sweep: Sweep, trial: optuna.trial.Trial, trial_id: int) -> None:
             f"{sweep.study_dir} away"
         )
         sweep.stop.set()
-        return
+        return spare
     trial.set_user_attr(RUN_DIR, str(run_dir.resolve()))
-    command = [sys.executable, "-m", PACKAGE, "fit", *sweep.base_args, *overrides(trial.params)]
-    command += ["--trainer.default_root_dir", str(sweep.study_dir), "--run_name", run_dir.name]
-    command += ["--trainer.callbacks+", REPORTER]
+    args = ["fit", *sweep.base_args, *overrides(trial.params)]
+    args += ["--trainer.default_root_dir", str(sweep.study_dir), "--run_name", run_dir.name]
+    args += ["--trainer.callbacks+", REPORTER]
     context = {
         "storage": sweep.storage_url,
         "study": sweep.study.study_name,
         "trial_id": trial_id,
         "objective": sweep.search.objective,
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith(f"{PACKAGE.upper()}_RUN_DIR")}
-    env |= {TRIAL_ENV: json.dumps(context), "WANDB_RUN_GROUP": sweep.study.study_name}
+    env = {TRIAL_ENV: json.dumps(context), "WANDB_RUN_GROUP": sweep.study.study_name}
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        sweep.children.add(process)
-        while True:  # the heartbeat tells other machines this trial is alive
-            try:
-                process.wait(timeout=HEARTBEAT_S)
-                break
-            except subprocess.TimeoutExpired:
-                sweep.storage.record_heartbeat(trial_id)
-        sweep.children.discard(process)
+    process = _launch(spare, args, env, log)
+    spare = start_spare() if more and not sweep.stop.is_set() else None
+    sweep.children.add(process)
+    while True:  # the heartbeat tells other machines this trial is alive
+        try:
+            process.wait(timeout=HEARTBEAT_S)
+            break
+        except subprocess.TimeoutExpired:
+            sweep.storage.record_heartbeat(trial_id)
+    sweep.children.discard(process)
     seconds = time.monotonic() - started
     attrs = sweep.storage.get_trial_user_attrs(trial_id)
     metrics = read_json(run_dir / "metrics.json")
@@ -170,6 +200,29 @@ def run_trial(sweep: Sweep, trial: optuna.trial.Trial, trial_id: int) -> None:
         trial.set_user_attr(ERROR, error)
     _end(sweep, trial, state, value if state == TrialState.COMPLETE else None, run_dir)
     _say(sweep, trial, state, value, error, seconds, attrs.get(PRUNED_AT), log)
+    return spare
+
+
+def _launch(
+    spare: subprocess.Popen[bytes] | None, args: list[str], env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    """Hand the trial to the spare process, or start it afresh when there is none or it has died."""
+    if spare is not None and spare.poll() is None and spare.stdin is not None:
+        try:
+            spare.stdin.write((json.dumps({"args": args, "env": env, "log": str(log)}) + "\n").encode())
+            spare.stdin.close()
+            return spare
+        except OSError:  # it died just now (BrokenPipeError): start the trial afresh
+            spare.kill()
+            spare.wait()
+    with log.open("ab") as out:
+        command = [sys.executable, "-m", PACKAGE, *args]
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_trial_env() | env)
+
+
+def _trial_env() -> dict[str, str]:
+    """This process's environment, less what would tie a trial to tune's own run directory."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(f"{PACKAGE.upper()}_RUN_DIR")}
 
 
 def overrides(params: dict[str, Any]) -> list[str]:
