@@ -8,6 +8,7 @@ make their own. Trials are 2 short epochs; everything else is the shipped digits
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from project import runs
 from project.cli import main as fit_main
 from project.errors import UserError
 from project.sweep import command, runner
@@ -130,6 +132,25 @@ def test_a_hopeless_learning_rate_is_pruned_and_its_run_kept(study: tuple[Path, 
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     good = [r for r in rows if float(r["model.init_args.scheduler.init_args.max_lr"]) == 0.01]
     assert all(r["state"] == "complete" for r in good)
+
+
+@pytest.mark.slow
+def test_the_runs_table_lists_a_studys_trials(study: tuple[Path, Any]) -> None:
+    """`python -m project runs runs/<study>`: a row per trial, with the searched values as the columns
+    that differ, its val/acc and its status (pruned for the pruned ones)."""
+    study_dir, _ = study
+    table = list(csv.DictReader(io.StringIO(runs.runs_command([str(study_dir), "--csv"]))))
+    by_name = {row["name"]: row for row in table}
+    trials = trials_csv(study_dir)
+    assert sorted(by_name) == [f"trial-{int(t['number']):04d}" for t in trials]
+    for trial in trials:
+        row = by_name[f"trial-{int(trial['number']):04d}"]
+        lr = "model.init_args.scheduler.init_args.max_lr"
+        assert float(row[lr]) == float(trial[lr])
+        assert row["model.init_args.hidden"] == trial["model.init_args.hidden"].replace(" ", "")
+        assert row["status"] == {"complete": "finished", "pruned": "pruned"}[trial["state"]]
+        assert row["val/acc"] != ""
+    assert "trainer.default_root_dir" not in table[0]  # the same for all: no column
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""`tune` across processes: a study killed mid-trial continues to exactly n_trials; two workers share a
-study on SQLite; two tune processes (as on two machines) share one on a real PostgreSQL server."""
+"""`tune` across processes: a study of DDP trials killed mid-trial continues to exactly n_trials; two
+workers share a study on SQLite; two tune processes (as on two machines) share one on a real
+PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -17,14 +18,18 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import own_wandb_service, unused_port
+from tests.conftest import CONFIGS, own_wandb_service, unused_port
 from tests.test_sweep import GOOD, plain, trials_csv, tune, write_search
+
+# A trial that is itself a DDP run of two CPU processes (gloo), as the README's DDP command starts.
+DDP = ["--config", str(CONFIGS / "ddp.yaml"), "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 
 
 @pytest.mark.slow
 def test_a_killed_study_continues_with_exactly_n_trials(tmp_path: Path) -> None:
+    """Its trials are DDP runs of two CPU processes: a trial can be one, and all its ranks die with tune."""
     search = write_search(tmp_path, pruner="none", sampler="random", params=GOOD)
-    args = ["--search", str(search), "--n_trials", "2", *plain(tmp_path)]
+    args = ["--search", str(search), "--n_trials", "2", *plain(tmp_path), *DDP]
     study_dir = tmp_path / "runs" / "search"
     first = subprocess.Popen(
         [sys.executable, "-m", "project", "tune", *args], cwd=tmp_path, env=own_wandb_service(),
@@ -35,15 +40,18 @@ def test_a_killed_study_continues_with_exactly_n_trials(tmp_path: Path) -> None:
     while not (lock.is_file() and lock.read_text().strip()) and time.monotonic() < deadline:
         assert first.poll() is None, first.stdout.read() if first.stdout else ""
         time.sleep(0.2)
+    trial_pid = int(lock.read_text().split("pid ")[1].split(",")[0])  # rank 0
+    while not (ranks := _children(trial_pid)) and time.monotonic() < deadline:  # rank 1, started by it
+        time.sleep(0.2)
+    assert len(ranks) == 1, ranks
     time.sleep(1.0)  # well into trial 1
-    trial_pid = int(lock.read_text().split("pid ")[1].split(",")[0])
     first.send_signal(signal.SIGKILL)
     first.wait()
-    for _ in range(50):  # the trial's process dies with the tune process
-        if not _running(trial_pid):
+    for _ in range(100):  # the trial's processes die with the tune process
+        if not any(_running(pid) for pid in [trial_pid, *ranks]):
             break
         time.sleep(0.1)
-    assert not _running(trial_pid)
+    assert not any(_running(pid) for pid in [trial_pid, *ranks])
     finished_before = {p.name: p.read_bytes() for p in (study_dir / "trial-0000").rglob("*") if p.is_file()}
     interrupted_before = sorted(p.name for p in (study_dir / "trial-0001").iterdir())
 
@@ -57,6 +65,19 @@ def test_a_killed_study_continues_with_exactly_n_trials(tmp_path: Path) -> None:
     after = {p.name: p.read_bytes() for p in (study_dir / "trial-0000").rglob("*") if p.is_file()}
     assert after == finished_before  # nothing a finished trial wrote is touched
     assert sorted(p.name for p in (study_dir / "trial-0001").iterdir()) == interrupted_before
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _running(pid: int) -> bool:
