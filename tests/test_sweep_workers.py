@@ -91,12 +91,20 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_two_workers_share_a_study_on_sqlite(tmp_path: Path) -> None:
-    search = write_search(tmp_path, pruner="none", sampler="random", params=GOOD)
+    """Two trials at once; one of them is given a batch size its DataModule refuses, and fails alone:
+    the study counts it, keeps its error, and ends."""
+    params = {"data.init_args.batch_size": {"categorical": [64, 0]}}
+    search = write_search(tmp_path, pruner="none", params=params)  # a grid: both points, once each
     done = tune("--search", str(search), "--n_trials", "2", "--workers", "2", *plain(tmp_path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'runs' / 'search' / 'study.db'}")
     trials = optuna.load_study(study_name="search", storage=storage).get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    by_batch = {t.params["data.init_args.batch_size"]: t for t in trials}
+    assert by_batch[64].state == optuna.trial.TrialState.COMPLETE
+    assert by_batch[0].state == optuna.trial.TrialState.FAIL
+    assert by_batch[0].user_attrs["error"] == "batch_size must be at least 1, got 0"
+    assert "failed: batch_size must be at least 1, got 0" in done.stdout
+    assert "2 of 2 trials finished (1 complete, 1 fail)" in done.stdout
     starts = sorted(
         (t.datetime_start, t.datetime_complete) for t in trials if t.datetime_start and t.datetime_complete
     )

@@ -27,6 +27,7 @@ import optuna
 import yaml
 
 from project.errors import UserError
+from project.runs import flatten
 from project.sweep.results import best_trial, write_results
 from project.sweep.runner import PACKAGE, Sweep, counted, reap_interrupted, start_spare, trials_left, work
 from project.sweep.space import Search, load_search
@@ -171,19 +172,6 @@ def check_keys(search: Search, base: dict[str, Any]) -> None:
             close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise UserError(f"{search.path}: params.{name} is not an option of the base config{hint}")
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(config, dict) or not config:
-        return {prefix: config}
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        out |= (
-            flatten(value, f"{prefix}{key}.")
-            if isinstance(value, dict) and value
-            else {f"{prefix}{key}": value}
-        )
-    return out
 
 
 def open_study(
