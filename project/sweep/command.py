@@ -81,13 +81,14 @@ def run(args: list[str]) -> None:
     if search.grid and (points := math.prod(len(values) for values in search.grid.values())) < n_trials:
         print(f"note: the grid has {points} points, so the study ends after {points} trials, not {n_trials}")
         n_trials = points
-    # The first trial's process imports torch and Lightning meanwhile: the base check costs no wait.
-    spare = start_spare()
+    # Each worker's first trial process imports torch and Lightning meanwhile: the base check costs no wait.
+    spares = [start_spare() for _ in range(min(options.workers, n_trials))]
     try:
-        run_study(options, search, n_trials, base_args, spare)
+        run_study(options, search, n_trials, base_args, spares)
     finally:
-        spare.kill()  # a no-op once its trial has ended; still importing if the study never got that far
-        spare.wait()
+        for spare in spares:  # a no-op once its trial has ended; still importing if it never got one
+            spare.kill()
+            spare.wait()
 
 
 def run_study(
@@ -95,7 +96,7 @@ def run_study(
     search: Search,
     n_trials: int,
     base_args: list[str],
-    spare: subprocess.Popen[bytes],
+    spares: list[subprocess.Popen[bytes]],
 ) -> None:
     base = base_config(base_args)
     check_keys(search, base)
@@ -123,16 +124,16 @@ def run_study(
     print(
         f"study {study_name}: {n_trials - left} of {n_trials} trials done; storage {shown(url)}", flush=True
     )
-    run_workers(sweep, spare)
+    run_workers(sweep, spares)
     skipped = write_results(study, search, study_dir, root)
     if sweep.abort:
         raise UserError(sweep.abort)
     summarize(sweep, best_trial(study), skipped, url)
 
 
-def run_workers(sweep: Sweep, spare: subprocess.Popen[bytes]) -> None:
+def run_workers(sweep: Sweep, spares: list[subprocess.Popen[bytes]]) -> None:
     threads = [
-        threading.Thread(target=work, args=(sweep, spare if i == 0 else None), daemon=True)
+        threading.Thread(target=work, args=(sweep, spares[i] if i < len(spares) else None), daemon=True)
         for i in range(sweep.workers)
     ]
     for thread in threads:
