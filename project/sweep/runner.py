@@ -11,9 +11,14 @@ How a trial ends, and what counts toward n_trials:
     failed     the fit failed (an error, a NaN, out of memory): counts, with the error's line kept
     failed, interrupted   the tune process running it was killed or stopped: does not count, and the
                same parameters are queued again, so a resumed study ends with n_trials finished trials
-A trial's process dies with its tune process (child.py). The next tune process on the same machine marks
-such a trial interrupted at once (its worker's pid is gone); on another machine the storage's heartbeat
-goes stale and Optuna's `fail_stale_trials` marks it after storage.GRACE_S seconds.
+
+Each worker keeps one spare trial process (child.serve), started while the previous trial trains (the
+first ones while command.py checks the base config): it has imported torch and Lightning by the time
+its trial is handed to it, so a trial's start waits for no imports.
+
+A trial's process dies with its tune process (child.py). The next tune process on the same machine
+marks such a trial interrupted at once (its worker's pid is gone); on another machine the storage's
+heartbeat goes stale and Optuna's `fail_stale_trials` marks it after storage.GRACE_S seconds.
 """
 
 from __future__ import annotations
