@@ -289,10 +289,15 @@ def release_run_dirs() -> None:
     """Release the run directories this process holds; a lock file alone in its folder goes too."""
     for run_dir, fd in list(_locks.items()):
         with contextlib.suppress(OSError):  # the folder may be gone
-            if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            if holds_nothing_but_its_lock(run_dir):
                 (run_dir / LOCK_FILE).unlink()
         os.close(fd)
         del _locks[run_dir]
+
+
+def holds_nothing_but_its_lock(run_dir: Path) -> bool:
+    """Whether a run directory holds nothing a run wrote: no file at all, or only its .lock."""
+    return {path.name for path in run_dir.iterdir()} <= {LOCK_FILE}
 
 
 def _make_dirs(path: Path, root: Path) -> None:

@@ -32,7 +32,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 
 from project.files import atomic_write
-from project.run_dir import LOCK_FILE
+from project.run_dir import holds_nothing_but_its_lock
 
 HEARTBEAT_S = 60.0
 # How a run stopped on purpose ends (Ctrl-C; SLURM's or a scheduler's SIGTERM, Lightning's SIGTERMException).
@@ -73,7 +73,10 @@ class RunStatus(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if self._record is None:  # failed before this callback's setup (e.g. the data's download)
-            if not _holds_files(trainer):  # a run that never started: its empty directory is removed
+            # A run that never started writes nothing: its empty directory is then removed
+            # (run_dir.forgetting_run_dir). A resumed run's directory holds files: it gets "failed".
+            root = Path(trainer.default_root_dir)
+            if not root.is_dir() or holds_nothing_but_its_lock(root):
                 return
             self._start(trainer)
         status = "interrupted" if type(exception).__name__ in INTERRUPTIONS else "failed"
@@ -127,12 +130,6 @@ class RunStatus(pl.Callback):
         except (OSError, ValueError):  # none yet (a new run), or unreadable: start afresh
             return {}
         return earlier if isinstance(earlier, dict) else {}
-
-
-def _holds_files(trainer: pl.Trainer) -> bool:
-    """Whether the run directory holds anything but its lock (a resumed run's files, say)."""
-    root = Path(trainer.default_root_dir)
-    return root.is_dir() and any(path.name != LOCK_FILE for path in root.iterdir())
 
 
 def _fit_epochs(trainer: pl.Trainer) -> int | None:
