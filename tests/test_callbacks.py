@@ -4,7 +4,9 @@ TensorBoard outputs, and equality of a 2-process DDP run with a 1-process run.""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from project.callbacks import EpochCallback, TopKExamples, VisualLog
 from project.callbacks.confusion import plot_confusion
@@ -25,7 +28,7 @@ from project.cli import main
 from project.data import DigitsDataModule
 from project.model import ConvNet
 from project.structs import Example, Prediction
-from tests.conftest import CONFIGS, REPO, cli_args, read_wandb_summary
+from tests.conftest import CONFIGS, REPO, cli_args, own_wandb_service, read_wandb_summary
 
 DIGITS = str(CONFIGS / "digits.yaml")
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
@@ -143,11 +146,13 @@ def test_confusion_plot_is_labelled_with_class_names() -> None:
 
 
 class Recorder(EpochCallback):
-    """Records what the base class hands a subclass: one emit per real epoch, samples since reset."""
+    """Records what the base class hands a subclass: one emit per real epoch (with the samples seen
+    since reset), and each draw with the epoch it shows and the W&B key it would log under."""
 
-    def __init__(self, every_n_epochs: int = 1) -> None:
+    def __init__(self, every_n_epochs: int = 0) -> None:
         super().__init__(stages=("val", "test"), every_n_epochs=every_n_epochs)
         self.events: list[tuple[str, int, int]] = []
+        self.drawn: list[tuple[str, int]] = []
         self.seen = 0
 
     def reset(self, pl_module: pl.LightningModule) -> None:
@@ -156,22 +161,27 @@ class Recorder(EpochCallback):
     def update(self, example: Example, prediction: Prediction, pl_module: pl.LightningModule) -> None:
         self.seen += len(example)
 
-    def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> None:
+    def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> int:
         self.events.append((out.stage, trainer.current_epoch, self.seen))
+        return trainer.current_epoch
+
+    def draw(self, drawing: int, out: VisualLog) -> None:
+        self.drawn.append((out.key("x"), drawing))
 
 
-def small_trainer(root: Path, callbacks: list[pl.Callback], epochs: int = 2) -> pl.Trainer:
-    return pl.Trainer(
+def small_trainer(root: Path, callbacks: list[pl.Callback], epochs: int = 2, **kwargs: Any) -> pl.Trainer:
+    options: dict[str, Any] = dict(
         default_root_dir=root, accelerator="cpu", max_epochs=epochs, limit_train_batches=3,
         num_sanity_val_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=callbacks,
     )  # fmt: skip
+    return pl.Trainer(**(options | kwargs))
 
 
 @pytest.mark.slow  # trains for more than one epoch
 def test_nothing_during_sanity_check_and_a_fresh_start_every_epoch(tmp_path: Path) -> None:
     pl.seed_everything(0)
-    recorder, topk = Recorder(), TopKExamples(k=5)
+    recorder, topk = Recorder(), TopKExamples(k=5, every_n_epochs=1)
     dm = DigitsDataModule(batch_size=32)
     trainer = small_trainer(tmp_path, [recorder, topk])
     model = ConvNet(10, (1, 8, 8))
@@ -188,11 +198,73 @@ def test_nothing_during_sanity_check_and_a_fresh_start_every_epoch(tmp_path: Pat
     assert top[0] != top[1]  # each epoch ranked its own losses: the weights changed in between
 
 
+class FixedScoreModel(ConvNet):
+    """Logs a made-up `val/score` per epoch, so that which epoch is best is known in advance."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__(10, (1, 8, 8))
+        self.scores = scores
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if not self.trainer.sanity_checking:
+            self.log("val/score", self.scores[self.current_epoch])
+
+
+def fit_scored(root: Path, scores: list[float], recorder: Recorder, *more: pl.Callback) -> None:
+    best = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/score", mode="max")
+    trainer = small_trainer(
+        root, [recorder, best, *more], epochs=len(scores), limit_val_batches=2, enable_checkpointing=True
+    )
+    trainer.fit(FixedScoreModel(scores), datamodule=DigitsDataModule(batch_size=32))
+
+
 @pytest.mark.slow  # trains for more than one epoch
-def test_every_n_epochs_watches_every_nth_epoch_and_the_last(tmp_path: Path) -> None:
+def test_a_fit_draws_its_last_epoch_at_once_and_its_best_at_the_end(tmp_path: Path) -> None:
+    recorder = Recorder()
+    fit_scored(tmp_path, [0.5, 0.9, 0.7, 0.6], recorder)
+    assert [epoch for _, epoch, _ in recorder.events] == [0, 1, 2, 3]  # scalars: every epoch
+    # Epoch 3, the last, when its validation ends; epoch 1, the best, once the fit is over.
+    assert recorder.drawn == [("val/x", 3), ("val/best/x", 1)]
+
+
+@pytest.mark.slow  # trains for more than one epoch
+def test_every_n_epochs_draws_every_nth_epoch_too_and_the_best_once(tmp_path: Path) -> None:
     recorder = Recorder(every_n_epochs=2)
-    small_trainer(tmp_path, [recorder], epochs=3).fit(ConvNet(10, (1, 8, 8)), datamodule=DigitsDataModule())
-    assert [(stage, epoch) for stage, epoch, _ in recorder.events] == [("val", 1), ("val", 2)]
+    fit_scored(tmp_path, [0.5, 0.9, 0.7, 0.6, 0.8], recorder)
+    assert recorder.drawn == [("val/x", 1), ("val/x", 3), ("val/x", 4)]  # the best (1) was drawn already
+
+
+@pytest.mark.slow  # trains for more than one epoch
+def test_an_early_stop_draws_the_epoch_it_stopped_at(tmp_path: Path) -> None:
+    recorder = Recorder()
+    stop = EarlyStopping(monitor="val/score", mode="max", patience=1)
+    fit_scored(tmp_path, [0.9, 0.5, 0.4, 0.3, 0.2, 0.1], recorder, stop)
+    assert recorder.drawn == [("val/x", 1), ("val/best/x", 0)]
+
+
+class KillAfterLastEpoch(pl.Callback):
+    """SIGKILLs its own process once the last epoch's validation is over, before the fit can end."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 == trainer.max_epochs:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.slow  # a CLI subprocess
+def test_a_fit_killed_after_its_last_epoch_still_has_that_epochs_pngs(runs_dir: Path) -> None:
+    killed = subprocess.run(
+        [sys.executable, "-m", "project", "fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "k",
+         "--trainer.callbacks+=tests.test_callbacks.KillAfterLastEpoch", "--trainer.default_root_dir",
+         str(runs_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=own_wandb_service(),
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_dir = runs_dir / "k"
+    assert not (run_dir / "metrics.json").exists()  # the fit never reached its end
+    for name in FIGURES:
+        with Image.open(run_dir / "plots" / "val" / "epoch_1" / f"{name}.png") as image:
+            assert image.size[0] > 50
 
 
 def test_callbacks_refuse_models_that_do_not_return_predictions(tmp_path: Path) -> None:
@@ -213,9 +285,12 @@ def test_fit_logs_every_visual_to_wandb_and_png(runs_dir: Path) -> None:
     cli = main(cli_args("fit", "--config", DIGITS, "--config", LIMIT, runs_dir=runs_dir))
     assert cli is not None
     run_dir = cli.run_dir
-    # Fit's validation plots are filed by epoch; the test's under the checkpoint it tested (the best).
+    # Fit's validation plots are filed by epoch: the last epoch's and the best's (the same here, or
+    # two folders); the test's under the checkpoint it tested (the best). No other epoch is drawn.
     tested = next((run_dir / "checkpoints").glob("best-*.ckpt")).stem
-    for stage, folders in (("val", ["epoch_0", "epoch_1"]), ("test", [tested])):
+    drawn = sorted({"epoch_1", f"epoch_{int(tested.removeprefix('best-epoch'))}"})
+    assert sorted(p.name for p in (run_dir / "plots" / "val").iterdir()) == drawn
+    for stage, folders in (("val", drawn), ("test", [tested])):
         for name_ in folders:
             folder = run_dir / "plots" / stage / name_
             for name in FIGURES:
@@ -262,7 +337,8 @@ def test_without_wandb_pngs_are_written_and_tensorboard_gets_the_figures(
         for tag in accumulator.Tags()["images"]:
             images[tag] = images.get(tag, 0) + len(accumulator.Images(tag))
     assert {f"{stage}/{name}" for stage in ("val", "test") for name in FIGURES} <= set(images)
-    assert images["val/confusion_matrix"] == 2  # one per validation epoch
+    # Of the 2 validation epochs only the last is drawn under val/ (the best, if earlier, under val/best/).
+    assert images["val/confusion_matrix"] == 1
 
 
 # ---- DDP: 2 processes give what 1 process gives ------------------------------------------------------
@@ -279,13 +355,13 @@ def test_ddp_on_two_processes_matches_one_process(runs_dir: Path) -> None:
     checkpoint = str(runs_dir / "base" / "checkpoints" / "last.ckpt")
     common = ["validate", "--config", DIGITS, "--ckpt_path", checkpoint, "--data.init_args.dev_subset", "101",
               "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(runs_dir)]  # fmt: skip
-    for name, devices in (("one", "1"), ("two", "2")):
-        result = subprocess.run(
-            [sys.executable, "-m", "project", *common, "--run_name", name,
-             "--trainer.devices", devices, "--trainer.strategy", "ddp" if devices == "2" else "auto"],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
+    assert main([*common, "--run_name", "one", "--trainer.devices", "1"]) is not None  # in this process
+    result = subprocess.run(
+        [sys.executable, "-m", "project", *common, "--run_name", "two", "--trainer.devices", "2",
+         "--trainer.strategy", "ddp"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
 
     def outputs(name: str) -> tuple[Any, Any, Any]:
         folder = runs_dir / name / "plots" / "val" / "last"  # named after the checkpoint validated

@@ -1,4 +1,4 @@
-"""`ConfusionMatrix`: which classes are mistaken for which, each epoch.
+"""`ConfusionMatrix`: which classes are mistaken for which, on the epochs drawn (see base.py).
 
 Accumulated on the device by torchmetrics' `MulticlassConfusionMatrix` (summed over DDP ranks when
 the epoch ends) and drawn twice with the DataModule's class names: raw counts, and normalized by
@@ -23,12 +23,12 @@ if TYPE_CHECKING:
 
 
 class ConfusionMatrix(EpochCallback):
-    """Draws which classes are mistaken for which, each validation epoch and test (counts and rates)."""
+    """Draws which classes are mistaken for which, on the drawn epochs and at test (counts and rates)."""
 
     def __init__(
         self,
         stages: tuple[str, ...] = ("val", "test"),
-        every_n_epochs: int = 1,
+        every_n_epochs: int = 0,
     ) -> None:
         """
         Args:
@@ -47,14 +47,17 @@ class ConfusionMatrix(EpochCallback):
         assert self.matrix is not None
         self.matrix.update(prediction.pred, example.require_label())
 
-    def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> None:
+    def emit(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog
+    ) -> tuple[Tensor, list[str]] | None:
         assert self.matrix is not None
         if self.matrix.update_count == 0:
-            return
+            return None
         counts = self.matrix.compute().cpu()  # summed over every rank: all ranks take part
-        if not out.enabled:
-            return
-        names = class_names(trainer, pl_module)
+        return counts, class_names(trainer, pl_module)
+
+    def draw(self, drawing: tuple[Tensor, list[str]], out: VisualLog) -> None:
+        counts, names = drawing
         normalized = counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)
         out.json("confusion_matrix", {"classes": names, "counts": counts.tolist()})
         for name, values, title in (

@@ -1,7 +1,8 @@
 """`TopKExamples`: the validation samples with the highest loss (confident mistakes) and the lowest.
 
-Each epoch it logs both sets as captioned images (`true: cat · pred: dog (0.93) · loss 3.21`), a
-W&B table (image, true, pred, confidence, entropy, loss, dataset index) and a PNG grid per set.
+On each drawn epoch (the schedule: base.py) it logs both sets as captioned images
+(`true: cat · pred: dog (0.93) · loss 3.21`), a W&B table (image, true, pred, confidence, entropy,
+loss, dataset index) and a PNG grid per set.
 Inputs that are not images (feature vectors) have no pictures: the table (also `top_k_table.json`
 beside the PNGs) then has a `features` column, the values of each sample in their own units.
 
@@ -102,6 +103,15 @@ def pad(ranked: Ranked, k: int, input_shape: tuple[int, ...]) -> Ranked:
     return Ranked.cat([ranked, filler])
 
 
+@dataclass
+class TopKDrawing:
+    """What one epoch shows: the captioned image sets (none for feature vectors) and the table rows."""
+
+    sets: list[tuple[str, list[np.ndarray], list[str]]] = dataclasses.field(default_factory=list)
+    rows: list[list[Any]] = dataclasses.field(default_factory=list)
+    shown_as: str = "image"
+
+
 class TopKExamples(EpochCallback):
     """Shows the k samples with the highest loss and the k with the lowest, captioned: set k."""
 
@@ -109,7 +119,7 @@ class TopKExamples(EpochCallback):
         self,
         k: int = 8,
         stages: tuple[str, ...] = ("val", "test"),
-        every_n_epochs: int = 1,
+        every_n_epochs: int = 0,
     ) -> None:
         """
         Args:
@@ -149,12 +159,11 @@ class TopKExamples(EpochCallback):
             )
         return top_k(local, self.k, largest)
 
-    def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> None:
+    def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> TopKDrawing | None:
         if self.k == 0:
-            return
+            return None
         names = class_names(trainer, pl_module)
-        rows: list[list[Any]] = []
-        shown_as = "image"
+        drawing = TopKDrawing()
         for name, local, largest in (("top_k", self.highest, True), ("bottom_k", self.lowest, False)):
             ranked = self._global(local, pl_module, largest)  # collective: every rank takes part
             if ranked is None or not out.enabled:
@@ -169,15 +178,22 @@ class TopKExamples(EpochCallback):
                 captions = [
                     caption(names[label], names[pred], conf, loss) for label, pred, conf, _, loss, _ in fields
                 ]
-                out.images(name, shown, captions)
-                out.picture(name, image_grid(shown, captions))
+                drawing.sets.append((name, shown, captions))
             else:
-                shown, shown_as = display_features(ranked.image, trainer), "features"
+                shown, drawing.shown_as = display_features(ranked.image, trainer), "features"
                 self._say_no_pictures(tuple(ranked.image.shape[1:]))
             for sample, (label, pred, confidence, entropy, loss, index) in zip(shown, fields, strict=True):
-                rows.append([name, sample, names[label], names[pred], confidence, entropy, loss, index])
-        columns = ["set", shown_as, "true", "pred", "confidence", "entropy", "loss", "index"]
-        out.table("top_k_table", columns, rows, image_columns=frozenset({"image"}))
+                drawing.rows.append(
+                    [name, sample, names[label], names[pred], confidence, entropy, loss, index]
+                )
+        return drawing
+
+    def draw(self, drawing: TopKDrawing, out: VisualLog) -> None:
+        for name, shown, captions in drawing.sets:
+            out.images(name, shown, captions)
+            out.picture(name, image_grid(shown, captions))
+        columns = ["set", drawing.shown_as, "true", "pred", "confidence", "entropy", "loss", "index"]
+        out.table("top_k_table", columns, drawing.rows, image_columns=frozenset({"image"}))
 
     def _say_no_pictures(self, input_shape: tuple[int, ...]) -> None:
         if not self.said_no_pictures:

@@ -1,6 +1,6 @@
 """`UncertaintyPlots`: is the model's uncertainty worth anything? Add it to `trainer.callbacks`.
 
-Each epoch, two figures and one scalar:
+Two figures on each drawn epoch (the schedule: base.py), and one scalar every epoch:
 - error rate vs predictive entropy: samples sorted by entropy into equal-count bins, with the
   error rate of each bin, drawn evenly spaced by rank (ticks give each bin's mean entropy), so a
   confident model's many near-zero entropies do not pile up in one spot. A useful uncertainty rises
@@ -16,6 +16,8 @@ states are gathered from every DDP rank when the epoch ends. The bins (`entropy_
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -76,7 +78,7 @@ class UncertaintyPlots(EpochCallback):
         entropy_bins: int = 10,
         calibration_bins: int = 15,
         stages: tuple[str, ...] = ("val", "test"),
-        every_n_epochs: int = 1,
+        every_n_epochs: int = 0,
         min_bin_count: int = 10,
     ) -> None:
         """
@@ -114,24 +116,33 @@ class UncertaintyPlots(EpochCallback):
         self.confidence.update(prediction.confidence)
         self.ece.update(prediction.probs, label)
 
-    def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> None:
+    def emit(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog
+    ) -> dict[str, Any] | None:
         assert self.ece is not None
         if self.ece.update_count == 0:
-            return
+            return None
         # compute() gathers from every rank: all ranks take part, only rank 0 draws.
         entropy, correct, confidence = (
             m.compute().cpu() for m in (self.entropy, self.correct, self.confidence)
         )
         ece = float(self.ece.compute())
         out.scalar("ece", ece)
-        if not out.enabled:
-            return
-        by_entropy = entropy_bins(entropy, correct, self.num_entropy_bins)
-        by_confidence = reliability_bins(confidence, correct, self.num_calibration_bins)
-        out.json("uncertainty", {"ece": ece, "entropy_bins": by_entropy, "reliability_bins": by_confidence})
-        out.figure("error_vs_entropy", plot_error_vs_entropy(by_entropy, len(entropy)))
+        return {
+            "ece": ece,
+            "samples": len(entropy),
+            "entropy_bins": entropy_bins(entropy, correct, self.num_entropy_bins),
+            "reliability_bins": reliability_bins(confidence, correct, self.num_calibration_bins),
+        }
+
+    def draw(self, drawing: dict[str, Any], out: VisualLog) -> None:
+        out.json("uncertainty", {k: v for k, v in drawing.items() if k != "samples"})
+        out.figure("error_vs_entropy", plot_error_vs_entropy(drawing["entropy_bins"], drawing["samples"]))
         out.figure(
-            "reliability", plot_reliability(by_confidence, ece, self.num_calibration_bins, self.min_bin_count)
+            "reliability",
+            plot_reliability(
+                drawing["reliability_bins"], drawing["ece"], self.num_calibration_bins, self.min_bin_count
+            ),
         )
 
 

@@ -38,9 +38,14 @@ class VisualLog:
         self.step = trainer.global_step
         self.dir = Path(trainer.default_root_dir) / "plots" / stage / weights_name(trainer)
         self.enabled = trainer.is_global_zero
+        self.prefix = f"{stage}/"
+
+    def as_best(self) -> None:
+        """Log under `<stage>/best/<name>`: the best epoch, drawn after later epochs were logged."""
+        self.prefix = f"{self.stage}/best/"
 
     def key(self, name: str) -> str:
-        return f"{self.stage}/{name}"
+        return self.prefix + name
 
     def _loggers(self, kind: type) -> list[Any]:
         return [logger for logger in self.trainer.loggers if isinstance(logger, kind)]
