@@ -7,7 +7,9 @@ ends, SIGKILL included, so a killed sweep leaves no orphan training on.
 spare per worker): it pays a fit's start-up, the imports of torch and Lightning (most of the seconds
 before a fit's first step), while the tune process checks the base command or the previous trial
 trains, then waits for its trial on stdin (one JSON line: the fit's arguments, the trial's environment
-variables, its log file) and runs it as `python -m project` would."""
+variables, its log file) and runs it as `python -m project` would. The first worker's spare also runs
+tune's check of the base command (`fit --print_config`) before its trial, so that check costs no
+process of its own."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from typing import Any
 
 TRIAL_ENV = "PROJECT_TRIAL"  # {"storage", "study", "trial_id", "objective"}; DDP ranks inherit it
@@ -50,7 +53,7 @@ def _lifeline() -> None:
 
 
 def serve() -> None:
-    """Run as a spare trial process: import the CLI now, then run the trial tune sends (see above)."""
+    """Run as a spare trial process: import the CLI now, then run what tune sends (see above)."""
     if sys.argv[1:]:  # a DDP rank Lightning started again with the trial's arguments: a trial process
         die_with_parent()
         run_command()
@@ -58,17 +61,47 @@ def serve() -> None:
     _lifeline()
     import project.cli  # noqa: F401  # the seconds this process is started early for
 
-    line = sys.stdin.readline()
-    if not line:  # the study needs no more trials from this worker
+    while line := sys.stdin.readline():  # empty at EOF: the study needs no more trials from this worker
+        job = json.loads(line)
+        if "check" in job:  # tune's check of the base command, before any trial: then wait on
+            code = run_captured(job["check"], job["out"], job["err"])
+            os.write(1, f"{code}\n".encode())  # tune reads this line from the pipe
+            continue
+        os.environ.update(job["env"])
+        log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        os.dup2(log, 1)  # what the trial prints goes to its log, as a cold-started trial's does
+        os.dup2(log, 2)
+        os.close(log)
+        sys.argv[1:] = job["args"]  # Lightning's DDP launcher starts the other ranks with sys.argv
+        run_command()
         return
-    job = json.loads(line)
-    os.environ.update(job["env"])
-    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-    os.dup2(log, 1)  # what the trial prints goes to its log, as a cold-started trial's does
-    os.dup2(log, 2)
-    os.close(log)
-    sys.argv[1:] = job["args"]  # Lightning's DDP launcher starts the other ranks with sys.argv
-    run_command()
+
+
+def run_captured(args: list[str], out: str, err: str) -> int:
+    """`python -m project ARGS` in this process, its output in the files `out` and `err`: its exit code."""
+    saved = os.dup(1), os.dup(2)
+    code: int = 0
+    try:
+        with open(out, "w") as out_file, open(err, "w") as err_file:
+            os.dup2(out_file.fileno(), 1)
+            os.dup2(err_file.fileno(), 2)
+            sys.argv[1:] = args
+            try:
+                run_command()
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else int(done.code is not None)
+            except Exception:  # reported like an uncaught error of `python -m project` would be
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+    return code
 
 
 def run_command() -> None:

@@ -29,7 +29,16 @@ import yaml
 from project.errors import UserError
 from project.runs import flatten
 from project.sweep.results import best_trial, write_results
-from project.sweep.runner import PACKAGE, Sweep, counted, reap_interrupted, start_spare, trials_left, work
+from project.sweep.runner import (
+    PACKAGE,
+    Sweep,
+    counted,
+    reap_interrupted,
+    run_in_spare,
+    start_spare,
+    trials_left,
+    work,
+)
 from project.sweep.space import Search, load_search
 from project.sweep.storage import open_storage, shown, sqlite_url
 
@@ -98,7 +107,7 @@ def run_study(
     base_args: list[str],
     spares: list[subprocess.Popen[bytes]],
 ) -> None:
-    base = base_config(base_args)
+    base = base_config(base_args, spares[0] if spares else None)
     check_keys(search, base)
     study_name = options.study_name or search.study_name or search.path.stem
     if not re.fullmatch(r"[\w.-]+", study_name):
@@ -149,11 +158,14 @@ def run_workers(sweep: Sweep, spares: list[subprocess.Popen[bytes]]) -> None:
             thread.join()
 
 
-def base_config(base_args: list[str]) -> dict[str, Any]:
+def base_config(base_args: list[str], spare: subprocess.Popen[bytes] | None = None) -> dict[str, Any]:
     """The full config every trial starts from, as `fit --print_config` resolves it: a problem in the
-    base command is reported once, here, rather than by every trial."""
-    command = [sys.executable, "-m", PACKAGE, "fit", *base_args, "--print_config"]
-    done = subprocess.run(command, capture_output=True, text=True)
+    base command is reported once, here, rather than by every trial. Run by `spare` (a trial process
+    that has imported the CLI meanwhile) unless it is gone."""
+    args = ["fit", *base_args, "--print_config"]
+    done = (spare and run_in_spare(spare, args)) or subprocess.run(
+        [sys.executable, "-m", PACKAGE, *args], capture_output=True, text=True
+    )
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         problem = next(

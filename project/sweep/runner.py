@@ -29,6 +29,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -132,10 +133,28 @@ def start_spare() -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", f"{PACKAGE}.sweep.child"],
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,  # one line per command it runs before its trial (run_in_spare)
         stderr=subprocess.DEVNULL,
         env=_trial_env(),
     )
+
+
+def run_in_spare(spare: subprocess.Popen[bytes], args: list[str]) -> subprocess.CompletedProcess[str] | None:
+    """`python -m <package> ARGS` run by a spare that then still waits for its trial: what
+    `subprocess.run` would return, without starting (and importing) a process; None if the spare died."""
+    if spare.stdin is None or spare.stdout is None or spare.poll() is not None:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = Path(folder) / "out", Path(folder) / "err"
+        try:
+            spare.stdin.write((json.dumps({"check": args, "out": str(out), "err": str(err)}) + "\n").encode())
+            spare.stdin.flush()
+        except OSError:
+            return None
+        code = spare.stdout.readline().strip()
+        if not code:  # it died meanwhile
+            return None
+        return subprocess.CompletedProcess(args, int(code), out.read_text(), err.read_text())
 
 
 def run_trial(
