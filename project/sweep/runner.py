@@ -13,8 +13,9 @@ How a trial ends, and what counts toward n_trials:
                same parameters are queued again, so a resumed study ends with n_trials finished trials
 
 Each worker keeps one spare trial process (child.serve), started while the previous trial trains (the
-first ones while command.py checks the base config): it has imported torch and Lightning by the time
-its trial is handed to it, so a trial's start waits for no imports.
+first ones as tune starts; the first worker's runs command.py's base-config check before its trial): it
+has imported torch and Lightning by the time its trial is handed to it, so a trial's start waits for no
+imports of its own.
 
 A trial's process dies with its tune process (child.py). The next tune process on the same machine
 marks such a trial interrupted at once (its worker's pid is gone); on another machine the storage's
