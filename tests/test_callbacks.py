@@ -139,7 +139,53 @@ def test_confusion_plot_is_labelled_with_class_names() -> None:
     (ax,) = fig.axes[:1]
     assert [t.get_text() for t in ax.get_xticklabels()] == names
     assert [t.get_text() for t in ax.get_yticklabels()] == names
-    assert {t.get_text() for t in ax.texts} >= {"5", "3", "4", "2"}  # counts written in the cells
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "1", "2", "3", "4", "5"]  # zero cells blank
+
+
+def rendered_texts(fig: Any) -> list[Any]:
+    """The cell texts of a drawn figure, each with its box on the canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    return [(t, t.get_window_extent(renderer)) for t in ax.texts]
+
+
+def test_confusion_rates_of_ten_classes_fit_their_cells_and_never_overlap() -> None:
+    """A digits-like normalized matrix (the one that printed `0.030.03` in row 5): every number inside its
+    own cell, two decimals, zeros blank, tick labels upright and no larger than the numbers' text."""
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.eye(10) * 30 + (torch.rand(10, 10, generator=gen) < 0.3) * torch.randint(1, 3, (10, 10))
+    rates = counts / counts.sum(dim=1, keepdim=True)
+    fig = plot_confusion(rates, [str(i) for i in range(10)], "normalized")
+    texts = rendered_texts(fig)
+    assert len(texts) == int((rates > 0).sum()) and all(
+        re.fullmatch(r"[01]\.\d\d", t.get_text()) for t, _ in texts
+    )
+    ax = fig.axes[0]
+    for text, box in texts:
+        j, i = text.get_position()  # the cell's centre, in data units
+        cell = ax.transData.transform([(j - 0.5, i - 0.5), (j + 0.5, i + 0.5)])
+        low, high = cell.min(axis=0), cell.max(axis=0)
+        assert low[0] <= box.x0 and box.x1 <= high[0] and low[1] <= box.y0 and box.y1 <= high[1], text
+    boxes = [box for _, box in texts]
+    assert not any(a.overlaps(b) for n, a in enumerate(boxes) for b in boxes[n + 1 :])
+    assert all(label.get_rotation() == 0 for label in ax.get_xticklabels())
+    tick_size = max(float(label.get_fontsize()) for label in ax.get_xticklabels())
+    assert float(ax.xaxis.label.get_fontsize()) <= tick_size
+
+
+def test_a_confusion_matrix_of_a_hundred_classes_is_drawn_without_cell_numbers() -> None:
+    names = [f"class_{i}" for i in range(100)]
+    counts = torch.eye(100, dtype=torch.long) * 9 + 1
+    fig = plot_confusion(counts, names, "counts")
+    texts = rendered_texts(fig)
+    assert texts == []  # 10 000 numbers would be unreadable: the colours tell it
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert fig.get_size_inches()[0] < 16  # a picture one can open, not a poster
 
 
 # ---- life cycle with a real Trainer ------------------------------------------------------------------

@@ -2,13 +2,16 @@
 
 Accumulated on the device by torchmetrics' `MulticlassConfusionMatrix` (summed over DDP ranks when
 the epoch ends) and drawn twice with the DataModule's class names: raw counts, and normalized by
-row (each true class sums to 1, so rare classes read as clearly as common ones).
+row (each true class sums to 1, so rare classes read as clearly as common ones). Zero cells stay
+blank and the numbers are sized to their cells; beyond 20 classes only the colours and the class
+names on the ticks remain (`plot_confusion`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytorch_lightning as pl
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -67,12 +70,35 @@ class ConfusionMatrix(EpochCallback):
             out.figure(name, plot_confusion(values, names, f"Confusion matrix, {title}"))
 
 
+NUMBERED_UP_TO = 20  # classes; beyond, cells are too small for numbers and the colours tell it
+
+
 def plot_confusion(values: Tensor, names: list[str], title: str) -> Figure:
-    """A labelled heatmap (rows: true class, columns: predicted), drawn by torchmetrics' plotter."""
-    size = 1.2 + 0.4 * len(names)
-    fig = new_figure(size, size)
+    """A heatmap (rows: true class, columns: predicted) labelled with the class names. Up to
+    NUMBERED_UP_TO classes each non-zero cell carries its number (counts as integers, rates with two
+    decimals), sized to fit its cell; zero cells stay blank. Text is one size throughout."""
+    n = len(names)
+    cell_in = 0.5 if n <= NUMBERED_UP_TO else max(0.12, 10.0 / n)  # inches
+    longest = max(map(len, names))
+    margin_in = 0.6 + 0.07 * longest  # room for the tick labels
+    fig = new_figure(n * cell_in + margin_in + 0.9, n * cell_in + margin_in + 0.5)
     ax = fig.subplots()
-    # Cell numbers stop being readable (and cost most of the drawing time) beyond ~30 classes.
-    MulticlassConfusionMatrix(len(names)).plot(val=values, ax=ax, labels=names, add_text=len(names) <= 30)
-    ax.set_title(title, fontsize=10)
+    data = values.float().numpy()
+    image = ax.imshow(data, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, shrink=0.8).ax.tick_params(labelsize=8)
+    label_size = min(8.0, cell_in * 72 * 0.7)  # points: a tick label no taller than its cell
+    ax.set_xticks(range(n), names, fontsize=label_size, rotation=0 if longest <= 3 else 90)
+    ax.set_yticks(range(n), names, fontsize=label_size)
+    ax.set_xlabel("predicted", fontsize=8)
+    ax.set_ylabel("true", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    if n <= NUMBERED_UP_TO:
+        integers = not values.is_floating_point()
+        texts = {(i, j): f"{int(v)}" if integers else f"{v:.2f}" for (i, j), v in np.ndenumerate(data) if v}
+        widest = max(map(len, texts.values()), default=1)
+        size = min(8.0, cell_in * 72 * 0.9 / (0.62 * widest))  # a digit is ~0.6 em wide
+        threshold = data.max() / 2
+        for (i, j), text in texts.items():
+            ax.text(j, i, text, ha="center", va="center", fontsize=size,
+                    color="white" if data[i, j] > threshold else "black")  # fmt: skip
     return fig

@@ -128,6 +128,8 @@ class UncertaintyPlots(EpochCallback):
         )
         ece = float(self.ece.compute())
         out.scalar("ece", ece)
+        if not out.enabled:
+            return None  # only rank 0 draws
         return {
             "ece": ece,
             "samples": len(entropy),
