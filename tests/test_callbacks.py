@@ -22,10 +22,10 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from project.callbacks import EpochCallback, TopKExamples, VisualLog
 from project.callbacks.confusion import plot_confusion
 from project.callbacks.display import caption, display_images
-from project.callbacks.top_k import Ranked, top_k
+from project.callbacks.top_k import Ranked, merge, top_k
 from project.callbacks.uncertainty import entropy_bins, reliability_bins
 from project.cli import main
-from project.data import DigitsDataModule
+from project.data import CIFAR10DataModule, DigitsDataModule
 from project.model import ConvNet
 from project.structs import Example, Prediction
 from tests.conftest import CONFIGS, REPO, cli_args, own_wandb_service, read_wandb_summary
@@ -81,19 +81,25 @@ def test_top_k_counts_a_repeated_sample_once_and_drops_padding() -> None:
 
 
 def test_streaming_top_k_equals_top_k_of_everything() -> None:
-    """Merging batch by batch (as the callback does) gives the same set as ranking all at once."""
+    """Merging batch by batch (as the callback does) gives the same sets as ranking all at once, with
+    ties and repeated samples (a DistributedSampler's padding) in the stream."""
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
         n, k = int(torch.randint(1, 60, (1,), generator=gen)), int(torch.randint(0, 12, (1,), generator=gen))
-        scores = torch.randint(0, 6, (n,), generator=gen).float().tolist()  # many ties
-        everything = ranked(scores, list(range(n)))
-        for largest in (True, False):
-            running: Ranked | None = None
-            for chunk in torch.split(torch.arange(n), 7):
-                part = everything.take(chunk)
-                running = top_k(part if running is None else Ranked.cat([running, part]), k, largest)
-            assert running is not None
-            assert running.index.tolist() == top_k(everything, k, largest).index.tolist()
+        scores = torch.randint(0, 6, (n,), generator=gen).float()  # many ties
+        indices = torch.arange(n)
+        repeated = torch.randint(0, n, (n // 5,), generator=gen)  # the same sample again, same score
+        everything = ranked(
+            torch.cat([scores, scores[repeated]]).tolist(), torch.cat([indices, repeated]).tolist()
+        )
+        highest: Ranked | None = None
+        lowest: Ranked | None = None
+        for chunk in torch.split(torch.randperm(len(everything), generator=gen), 7):
+            highest, lowest = merge(highest, lowest, everything.take(chunk), k)
+        assert highest is not None and lowest is not None
+        assert highest.index.tolist() == top_k(everything, k).index.tolist()
+        assert lowest.index.tolist() == top_k(everything, k, largest=False).index.tolist()
+        assert highest.score.tolist() == top_k(everything, k).score.tolist()
 
 
 # ---- binning, captions, display --------------------------------------------------------------------
@@ -153,6 +159,24 @@ def rendered_texts(fig: Any) -> list[Any]:
     return [(t, t.get_window_extent(renderer)) for t in ax.texts]
 
 
+def assert_laid_out(fig: Any) -> None:
+    """Every piece of text on the canvas, and none overlaps another outside the matrix: the title, the
+    axis labels, the tick labels of both axes and of the colour bar (the plot is laid out by hand)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax, colorbar = fig.axes
+    outer = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()]
+    outer += [t for t in colorbar.get_yticklabels() if t.get_text()]
+    boxes = [t.get_window_extent(renderer) for t in outer]
+    for text, box in zip(outer, boxes, strict=True):
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, text
+        assert not box.overlaps(ax.bbox), text  # outside the matrix
+    assert not any(a.overlaps(b) for n, a in enumerate(boxes) for b in boxes[n + 1 :])
+
+
 def test_confusion_rates_of_ten_classes_fit_their_cells_and_never_overlap() -> None:
     """A digits-like normalized matrix (the one that printed `0.030.03` in row 5): every number inside its
     own cell, two decimals, zeros blank, tick labels upright and no larger than the numbers' text."""
@@ -175,6 +199,10 @@ def test_confusion_rates_of_ten_classes_fit_their_cells_and_never_overlap() -> N
     assert all(label.get_rotation() == 0 for label in ax.get_xticklabels())
     tick_size = max(float(label.get_fontsize()) for label in ax.get_xticklabels())
     assert float(ax.xaxis.label.get_fontsize()) <= tick_size
+    assert_laid_out(fig)
+    assert_laid_out(
+        plot_confusion(counts.long() * 40, CIFAR10DataModule.class_names, "counts")
+    )  # names turned
 
 
 def test_a_confusion_matrix_of_a_hundred_classes_is_drawn_without_cell_numbers() -> None:
@@ -186,6 +214,8 @@ def test_a_confusion_matrix_of_a_hundred_classes_is_drawn_without_cell_numbers()
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == names
     assert fig.get_size_inches()[0] < 16  # a picture one can open, not a poster
+    assert_laid_out(fig)
+    assert_laid_out(plot_confusion(counts, [f"aquarium_fish_{i}" for i in range(100)], "counts"))
 
 
 # ---- life cycle with a real Trainer ------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """`TopKExamples`: the validation samples with the highest loss (confident mistakes) and the lowest.
 
-On each drawn epoch (the schedule: base.py) it logs both sets as captioned images
-(`true: cat · pred: dog (0.93) · loss 3.21`), a W&B table (image, true, pred, confidence, entropy,
-loss, dataset index) and a PNG grid per set.
+On each drawn epoch (the schedule: base.py; pictures are made only then) it logs both sets as
+captioned images (`true: cat · pred: dog (0.93) · loss 3.21`), a W&B table (image, true, pred,
+confidence, entropy, loss, dataset index) and a PNG grid per set.
 Inputs that are not images (feature vectors) have no pictures: the table (also `top_k_table.json`
 beside the PNGs) then has a `features` column, the values of each sample in their own units.
 
@@ -70,19 +70,28 @@ def top_k(ranked: Ranked, k: int, largest: bool = True) -> Ranked:
     """The k best-scoring samples, highest first (lowest first if not `largest`).
 
     Deterministic: equal scores are ordered by dataset index; a dataset index seen more than once
-    is kept once; padding (index -1) is dropped. Fewer than k samples -> all of them.
+    is kept once; padding (index -1) is dropped. Fewer than k samples -> all of them. The order is
+    worked out on the scores and indices alone; the samples (images) are indexed once, at the end.
     """
-    ranked = ranked.take(torch.nonzero(ranked.index >= 0).flatten())
-    if k <= 0 or len(ranked) == 0:
-        return ranked.take(torch.zeros(0, dtype=torch.long, device=ranked.index.device))
+    kept = torch.nonzero(ranked.index >= 0).flatten()
+    if k <= 0 or len(kept) == 0:
+        return ranked.take(kept[:0])
+    index, score = ranked.index[kept], ranked.score[kept]
     # Two stable sorts: by index, then by score, so ties keep index order.
-    ranked = ranked.take(torch.argsort(ranked.index, stable=True))
-    ranked = ranked.take(torch.argsort(ranked.score, descending=largest, stable=True))
+    order = torch.argsort(index, stable=True)
+    order = order[torch.argsort(score[order], descending=largest, stable=True)]
     # First occurrence of each index in ranked order.
-    positions = torch.arange(len(ranked), device=ranked.index.device)
-    unique, inverse = torch.unique(ranked.index, return_inverse=True)
-    first = torch.full_like(unique, len(ranked)).scatter_reduce(0, inverse, positions, reduce="amin")
-    return ranked.take(first.sort().values[:k])
+    positions = torch.arange(len(order), device=index.device)
+    unique, inverse = torch.unique(index[order], return_inverse=True)
+    first = torch.full_like(unique, len(order)).scatter_reduce(0, inverse, positions, reduce="amin")
+    return ranked.take(kept[order[first.sort().values[:k]]])
+
+
+def merge(highest: Ranked | None, lowest: Ranked | None, batch: Ranked, k: int) -> tuple[Ranked, Ranked]:
+    """The running k highest and k lowest after one more batch: both ranked from one pool (the two
+    sets so far and the batch), so the pool is concatenated once per batch."""
+    pool = batch if highest is None or lowest is None else Ranked.cat([highest, lowest, batch])
+    return top_k(pool, k), top_k(pool, k, largest=False)
 
 
 def pad(ranked: Ranked, k: int, input_shape: tuple[int, ...]) -> Ranked:
@@ -105,11 +114,11 @@ def pad(ranked: Ranked, k: int, input_shape: tuple[int, ...]) -> Ranked:
 
 @dataclass
 class TopKDrawing:
-    """What one epoch shows: the captioned image sets (none for feature vectors) and the table rows."""
+    """What one epoch keeps for drawing: the global k highest and k lowest, still as tensors (turning
+    them into pictures, captions and table rows waits until the epoch is drawn) and the class names."""
 
-    sets: list[tuple[str, list[np.ndarray], list[str]]] = dataclasses.field(default_factory=list)
-    rows: list[list[Any]] = dataclasses.field(default_factory=list)
-    shown_as: str = "image"
+    sets: list[tuple[str, Ranked]]
+    names: list[str]
 
 
 class TopKExamples(EpochCallback):
@@ -139,10 +148,8 @@ class TopKExamples(EpochCallback):
         self.highest = self.lowest = None
 
     def update(self, example: Example, prediction: Prediction, pl_module: pl.LightningModule) -> None:
-        batch = Ranked.from_batch(example, prediction)
-        self.highest = top_k(batch if self.highest is None else Ranked.cat([self.highest, batch]), self.k)
-        self.lowest = top_k(
-            batch if self.lowest is None else Ranked.cat([self.lowest, batch]), self.k, largest=False
+        self.highest, self.lowest = merge(
+            self.highest, self.lowest, Ranked.from_batch(example, prediction), self.k
         )
 
     def _global(self, local: Ranked | None, pl_module: pl.LightningModule, largest: bool) -> Ranked | None:
@@ -162,38 +169,36 @@ class TopKExamples(EpochCallback):
     def emit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: VisualLog) -> TopKDrawing | None:
         if self.k == 0:
             return None
-        names = class_names(trainer, pl_module)
-        drawing = TopKDrawing()
-        for name, local, largest in (("top_k", self.highest, True), ("bottom_k", self.lowest, False)):
-            ranked = self._global(local, pl_module, largest)  # collective: every rank takes part
-            if ranked is None or not out.enabled:
-                continue
+        sets = [
+            (name, self._global(local, pl_module, largest))  # collective: every rank takes part
+            for name, local, largest in (("top_k", self.highest, True), ("bottom_k", self.lowest, False))
+        ]
+        if not out.enabled:
+            return None
+        return TopKDrawing([(name, r) for name, r in sets if r is not None], class_names(trainer, pl_module))
+
+    def draw(self, drawing: TopKDrawing, out: VisualLog) -> None:
+        names, rows, shown_as = drawing.names, [], "image"
+        for name, ranked in drawing.sets:
             fields = list(zip(
                 ranked.label.tolist(), ranked.pred.tolist(), ranked.confidence.tolist(),
                 ranked.entropy.tolist(), ranked.score.tolist(), ranked.index.tolist(), strict=True,
             ))  # fmt: skip
             shown: list[Any]
             if are_images(ranked.image):
-                shown = display_images(ranked.image, trainer)
+                shown = display_images(ranked.image, out.trainer)
                 captions = [
                     caption(names[label], names[pred], conf, loss) for label, pred, conf, _, loss, _ in fields
                 ]
-                drawing.sets.append((name, shown, captions))
+                out.images(name, shown, captions)
+                out.picture(name, image_grid(shown, captions))
             else:
-                shown, drawing.shown_as = display_features(ranked.image, trainer), "features"
+                shown, shown_as = display_features(ranked.image, out.trainer), "features"
                 self._say_no_pictures(tuple(ranked.image.shape[1:]))
             for sample, (label, pred, confidence, entropy, loss, index) in zip(shown, fields, strict=True):
-                drawing.rows.append(
-                    [name, sample, names[label], names[pred], confidence, entropy, loss, index]
-                )
-        return drawing
-
-    def draw(self, drawing: TopKDrawing, out: VisualLog) -> None:
-        for name, shown, captions in drawing.sets:
-            out.images(name, shown, captions)
-            out.picture(name, image_grid(shown, captions))
-        columns = ["set", drawing.shown_as, "true", "pred", "confidence", "entropy", "loss", "index"]
-        out.table("top_k_table", columns, drawing.rows, image_columns=frozenset({"image"}))
+                rows.append([name, sample, names[label], names[pred], confidence, entropy, loss, index])
+        columns = ["set", shown_as, "true", "pred", "confidence", "entropy", "loss", "index"]
+        out.table("top_k_table", columns, rows, image_columns=frozenset({"image"}))
 
     def _say_no_pictures(self, input_shape: tuple[int, ...]) -> None:
         if not self.said_no_pictures:

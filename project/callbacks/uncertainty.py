@@ -97,14 +97,19 @@ class UncertaintyPlots(EpochCallback):
         self.num_entropy_bins = entropy_bins
         self.num_calibration_bins = calibration_bins
         self.min_bin_count = min_bin_count
-        self.entropy = CatMetric()
-        self.correct = CatMetric()
-        self.confidence = CatMetric()
+        # No per-batch NaN check (a host sync each time, and dropping NaNs would misalign the three).
+        self.entropy = CatMetric(nan_strategy="disable")
+        self.correct = CatMetric(nan_strategy="disable")
+        self.confidence = CatMetric(nan_strategy="disable")
         self.ece: MulticlassCalibrationError | None = None
 
     def reset(self, pl_module: pl.LightningModule) -> None:
         if self.ece is None:
-            self.ece = MulticlassCalibrationError(num_classes(pl_module), n_bins=self.num_calibration_bins)
+            # Softmax probabilities, labels the model's cross-entropy already accepted: no per-batch checks
+            # (each a host sync).
+            self.ece = MulticlassCalibrationError(
+                num_classes(pl_module), n_bins=self.num_calibration_bins, validate_args=False
+            )
         for metric in (self.entropy, self.correct, self.confidence, self.ece):
             metric.to(pl_module.device).reset()
 
@@ -122,28 +127,27 @@ class UncertaintyPlots(EpochCallback):
         assert self.ece is not None
         if self.ece.update_count == 0:
             return None
-        # compute() gathers from every rank: all ranks take part, only rank 0 draws.
-        entropy, correct, confidence = (
-            m.compute().cpu() for m in (self.entropy, self.correct, self.confidence)
-        )
+        # compute() gathers from every rank: all ranks take part, only rank 0 keeps them for drawing.
+        entropy, correct, confidence = (m.compute() for m in (self.entropy, self.correct, self.confidence))
         ece = float(self.ece.compute())
         out.scalar("ece", ece)
         if not out.enabled:
-            return None  # only rank 0 draws
-        return {
-            "ece": ece,
-            "samples": len(entropy),
+            return None
+        return {"ece": ece, "entropy": entropy, "correct": correct, "confidence": confidence}
+
+    def draw(self, drawing: dict[str, Any], out: VisualLog) -> None:
+        # The bins are worked out only for the epochs drawn.
+        entropy, correct, confidence = (drawing[k].cpu() for k in ("entropy", "correct", "confidence"))
+        bins = {
             "entropy_bins": entropy_bins(entropy, correct, self.num_entropy_bins),
             "reliability_bins": reliability_bins(confidence, correct, self.num_calibration_bins),
         }
-
-    def draw(self, drawing: dict[str, Any], out: VisualLog) -> None:
-        out.json("uncertainty", {k: v for k, v in drawing.items() if k != "samples"})
-        out.figure("error_vs_entropy", plot_error_vs_entropy(drawing["entropy_bins"], drawing["samples"]))
+        out.json("uncertainty", {"ece": drawing["ece"]} | bins)
+        out.figure("error_vs_entropy", plot_error_vs_entropy(bins["entropy_bins"], len(entropy)))
         out.figure(
             "reliability",
             plot_reliability(
-                drawing["reliability_bins"], drawing["ece"], self.num_calibration_bins, self.min_bin_count
+                bins["reliability_bins"], drawing["ece"], self.num_calibration_bins, self.min_bin_count
             ),
         )
 

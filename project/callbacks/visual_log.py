@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -121,8 +121,11 @@ def weights_name(trainer: pl.Trainer) -> str:
     return f"epoch_{trainer.current_epoch}"
 
 
-def new_figure(width: float = 5.0, height: float = 4.0) -> Figure:
-    """A matplotlib figure outside pyplot: no global state, no GUI backend, freed when dropped."""
+def new_figure(
+    width: float = 5.0, height: float = 4.0, layout: Literal["constrained"] | None = "constrained"
+) -> Figure:
+    """A matplotlib figure outside pyplot: no global state, no GUI backend, freed when dropped.
+    `layout=None` for a figure that places its axes itself."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    return Figure(figsize=(width, height), layout=layout)
