@@ -95,3 +95,34 @@ def _forget_bench_modules() -> object:
     yield
     for name in ("fast_path_gpu", "_common"):
         sys.modules.pop(name, None)
+
+
+# ---- benchmarks/raw_loop.py: demo.py's baseline ---------------------------------------------------
+
+
+def test_the_raw_loop_trains_the_demo_net_on_the_demo_runs_split(tmp_path: Path) -> None:
+    """raw_loop.py measures what demo.py says: the demo's ConvNet, on exactly the samples (normalized the
+    same way) that the demo run with that split.json trained and validated on; and it trains."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import raw_loop
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from project.data import DigitsDataModule
+    from project.model import ConvNet
+    from project.structs import Example
+
+    dm = DigitsDataModule(batch_size=64, seed=3)
+    dm.setup("fit")
+    assert dm.split is not None
+    dm.split.save(tmp_path / "split.json")
+    images, labels, train, val = raw_loop.data(str(tmp_path / "split.json"))
+    for name, positions in (("train", train), ("val", val)):
+        dataset = dm.datasets[name]
+        theirs = Example.collate([dataset[i] for i in range(len(dataset))])
+        torch.testing.assert_close(images[positions], theirs.image, atol=1e-6, rtol=0)
+        assert torch.equal(labels[positions], theirs.require_label())
+    ours = ConvNet(10, (1, 8, 8), channels=(32, 64), hidden=(128,))
+    assert [p.shape for p in raw_loop.net().parameters()] == [p.shape for p in ours.parameters()]
+    reached = raw_loop.main(str(tmp_path / "split.json"), target=0.9)
+    assert reached["val_acc"] >= 0.9 and 1 <= reached["epochs"] < raw_loop.EPOCHS

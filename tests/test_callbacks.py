@@ -78,6 +78,9 @@ def test_top_k_with_k_larger_than_the_set_or_zero() -> None:
 def test_top_k_counts_a_repeated_sample_once_and_drops_padding() -> None:
     r = ranked([5.0, 5.0, 4.0, 9.0, 1.0], [3, 3, 4, -1, 2])
     assert top_k(r, 3).index.tolist() == [3, 4, 2]
+    assert top_k(r, 5).index.tolist() == [3, 4, 2, -1, -1]  # a fixed length: padding fills the end
+    assert top_k(r, 5).real().index.tolist() == [3, 4, 2]
+    assert top_k(r, 5, largest=False).real().index.tolist() == [2, 4, 3]
 
 
 def test_streaming_top_k_equals_top_k_of_everything() -> None:
@@ -97,9 +100,31 @@ def test_streaming_top_k_equals_top_k_of_everything() -> None:
         for chunk in torch.split(torch.randperm(len(everything), generator=gen), 7):
             highest, lowest = merge(highest, lowest, everything.take(chunk), k)
         assert highest is not None and lowest is not None
-        assert highest.index.tolist() == top_k(everything, k).index.tolist()
-        assert lowest.index.tolist() == top_k(everything, k, largest=False).index.tolist()
-        assert highest.score.tolist() == top_k(everything, k).score.tolist()
+        assert highest.real().index.tolist() == top_k(everything, k).real().index.tolist()
+        assert lowest.real().index.tolist() == top_k(everything, k, largest=False).real().index.tolist()
+        assert highest.real().score.tolist() == top_k(everything, k).real().score.tolist()
+        assert len(highest.real()) == min(k, n)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_per_batch_work_of_the_visual_callbacks_never_waits_for_the_gpu() -> None:
+    """No host sync in any callback's update (torch raises on one in this debug mode)."""
+    from project.callbacks import ConfusionMatrix, UncertaintyPlots
+
+    module = ConvNet(10, (1, 8, 8)).cuda()
+    n = torch.arange(16, device="cuda")
+    example = Example(image=torch.randn(16, 1, 8, 8, device="cuda"), label=n % 10, index=n)
+    prediction = Prediction(logits=torch.randn(16, 10, device="cuda"))
+    callbacks = [TopKExamples(k=4), UncertaintyPlots(), ConfusionMatrix()]
+    for callback in callbacks:
+        callback.reset(module)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            for callback in callbacks:
+                callback.update(example, prediction, module)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 # ---- binning, captions, display --------------------------------------------------------------------

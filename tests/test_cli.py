@@ -213,6 +213,28 @@ def test_validate_test_and_predict_from_a_checkpoint(runs_dir: Path) -> None:
     assert correct / len(rows) > 0.7
 
 
+@pytest.mark.slow  # a fresh interpreter
+def test_help_imports_nothing_heavy_beyond_lightning() -> None:
+    """`python -m project --help` costs `import pytorch_lightning` and little more (benchmarks/startup.py
+    times it): none of the packages a run needs later (W&B, Optuna, scikit-learn, TensorBoard, ONNX) is
+    imported, nor any matplotlib or torchvision part that Lightning itself leaves out."""
+    script = (
+        "import sys\nimport pytorch_lightning\nbefore = set(sys.modules)\n"
+        "sys.argv = ['project', '--help']\nfrom project.__main__ import dispatch\n"
+        "try:\n    dispatch()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('wandb', 'optuna', 'sklearn', 'tensorboard', 'tensorboardX', 'onnx', 'onnxruntime',"
+        " 'matplotlib', 'scipy', 'pandas')\n"
+        "models = ('torchvision.models', 'torchvision.datasets')  # its transforms.v2: 0.02 s, needed\n"
+        "new = set(sys.modules) - before\n"
+        "print(sorted(m for m in new if m.split('.')[0] in heavy or m.startswith(models)), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "usage:" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_default_demo_without_network_fails_fast_and_clearly(tmp_path: Path) -> None:
     """`python -m project` with no data and no network: one message, no traceback, status 2."""

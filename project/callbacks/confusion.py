@@ -43,7 +43,9 @@ class ConfusionMatrix(EpochCallback):
 
     def reset(self, pl_module: pl.LightningModule) -> None:
         if self.matrix is None:
-            self.matrix = MulticlassConfusionMatrix(num_classes(pl_module))
+            # Predictions are argmaxes, labels the model's cross-entropy already accepted: no per-batch
+            # checks (each a host sync).
+            self.matrix = MulticlassConfusionMatrix(num_classes(pl_module), validate_args=False)
         self.matrix.to(pl_module.device).reset()
 
     def update(self, example: Example, prediction: Prediction, pl_module: pl.LightningModule) -> None:

@@ -47,6 +47,10 @@ class Ranked:
     def __len__(self) -> int:
         return len(self.score)
 
+    def real(self) -> Ranked:
+        """Without the padding (index -1). Its length depends on the values: a host sync on a GPU."""
+        return self.take(torch.nonzero(self.index >= 0).flatten())
+
     def take(self, positions: Tensor) -> Ranked:
         return Ranked(**{f.name: getattr(self, f.name)[positions] for f in dataclasses.fields(self)})
 
@@ -70,21 +74,29 @@ def top_k(ranked: Ranked, k: int, largest: bool = True) -> Ranked:
     """The k best-scoring samples, highest first (lowest first if not `largest`).
 
     Deterministic: equal scores are ordered by dataset index; a dataset index seen more than once
-    is kept once; padding (index -1) is dropped. Fewer than k samples -> all of them. The order is
-    worked out on the scores and indices alone; the samples (images) are indexed once, at the end.
+    is kept once (its best-ranked copy); padding (index -1) is dropped. The result has min(k, n)
+    entries, n the input's length: when fewer distinct samples than that are there, padding fills
+    the end (`real()` leaves it out). Sorts and indexing only, every length known from the shapes: no
+    host sync on a GPU. The samples (images) are indexed once, at the end.
     """
-    kept = torch.nonzero(ranked.index >= 0).flatten()
-    if k <= 0 or len(kept) == 0:
-        return ranked.take(kept[:0])
-    index, score = ranked.index[kept], ranked.score[kept]
+    k = min(k, len(ranked))
+    if k <= 0:
+        return ranked.take(torch.zeros(0, dtype=torch.long, device=ranked.score.device))
     # Two stable sorts: by index, then by score, so ties keep index order.
-    order = torch.argsort(index, stable=True)
-    order = order[torch.argsort(score[order], descending=largest, stable=True)]
-    # First occurrence of each index in ranked order.
-    positions = torch.arange(len(order), device=index.device)
-    unique, inverse = torch.unique(index[order], return_inverse=True)
-    first = torch.full_like(unique, len(order)).scatter_reduce(0, inverse, positions, reduce="amin")
-    return ranked.take(kept[order[first.sort().values[:k]]])
+    order = torch.argsort(ranked.index, stable=True)
+    order = order[torch.argsort(ranked.score[order], descending=largest, stable=True)]
+    index = ranked.index[order]
+    # A repeat: an index seen earlier in that order (within equal indices the sort keeps rank order).
+    by_index = torch.argsort(index, stable=True)
+    sorted_index = index[by_index]
+    repeat_sorted = torch.cat(
+        [torch.zeros_like(sorted_index[:1], dtype=torch.bool), sorted_index[1:] == sorted_index[:-1]]
+    )
+    dropped = torch.empty_like(repeat_sorted).scatter_(0, by_index, repeat_sorted) | (index < 0)
+    first = torch.argsort(dropped.to(torch.uint8), stable=True)[:k]  # the kept ones first, in their order
+    best = ranked.take(order[first])
+    best.index = torch.where(dropped[first], -1, best.index)  # a dropped one left at the end is padding
+    return best
 
 
 def merge(highest: Ranked | None, lowest: Ranked | None, batch: Ranked, k: int) -> tuple[Ranked, Ranked]:
@@ -179,7 +191,8 @@ class TopKExamples(EpochCallback):
 
     def draw(self, drawing: TopKDrawing, out: VisualLog) -> None:
         names, rows, shown_as = drawing.names, [], "image"
-        for name, ranked in drawing.sets:
+        for name, padded in drawing.sets:
+            ranked = padded.real()
             fields = list(zip(
                 ranked.label.tolist(), ranked.pred.tolist(), ranked.confidence.tolist(),
                 ranked.entropy.tolist(), ranked.score.tolist(), ranked.index.tolist(), strict=True,
