@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 import yaml
 
 from project.cli import DEFAULT_ARGS, main
@@ -110,6 +112,12 @@ def test_fit_on_digits_end_to_end(tmp_path: Path) -> None:
     assert isinstance(logged, dict)
     assert logged["val/acc"] == pytest.approx(metrics["val/acc"], abs=1e-6)
     assert {"train/loss_epoch", "train/acc", "val/f1", "test/acc"} <= set(logged)
+    # metadata.json: the command as typed (tests/test_run_metadata.py checks the rest), in W&B too.
+    (entry,) = json.loads((run_dir / "metadata.json").read_text())["segments"]
+    typed = ["-m", "project", "fit", "--config", DIGITS, "--trainer.max_epochs", "10"]
+    assert entry["command"].startswith(shlex.join([Path(sys.executable).name, *typed]))
+    wandb_config = summary["config"]
+    assert isinstance(wandb_config, dict) and wandb_config["run_metadata"]["command"] == entry["command"]
 
 
 class StopAfterEpochs(pl.Callback):
@@ -308,3 +316,26 @@ def test_a_fit_gets_no_wandb_warning_about_the_anonymous_setting(tmp_path: Path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "wandb: Tracking run" in result.stderr  # W&B's own output is shown, so its warning would be too
     assert "anonymous" not in result.stderr
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_the_fit_and_the_best_checkpoint_is_tested(
+    runs_dir: Path, tmp_path: Path
+) -> None:
+    """configs/early_stopping.yaml's callback (made impatient here) stops a digits fit early: last.ckpt
+    holds the stopping epoch, the test after fit reads the best checkpoint, the last epoch is drawn."""
+    (entry,) = yaml.safe_load((CONFIGS / "early_stopping.yaml").read_text())
+    entry["init_args"] |= {"patience": 1, "min_delta": 1.0}  # no epoch can improve by a whole 1.0
+    impatient = tmp_path / "early_stopping.yaml"
+    impatient.write_text(yaml.safe_dump([entry]))
+    args = ["fit", "--config", DIGITS, "--config", LIMIT, "--trainer.max_epochs", "6"]
+    cli = main(cli_args(*args, f"--trainer.callbacks+={impatient}", runs_dir=runs_dir))
+    assert cli is not None and cli.trainer.current_epoch == 2  # epoch 0 set the bar, epoch 1 missed it
+    run_dir = only_run_dir(runs_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epoch"] == 2
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 1
+    best = Path(metrics["best_checkpoint"])
+    assert (run_dir / "plots" / "test" / best.stem).is_dir()  # the test after fit used the best
+    assert (run_dir / "plots" / "val" / "epoch_1" / "confusion_matrix.png").is_file()  # drawn at fit end
