@@ -18,6 +18,7 @@ import yaml
 
 from project.cli import DEFAULT_ARGS, main
 from project.data import DigitsDataModule
+from project.model import ConvNet
 from tests.conftest import CONFIGS, REPO, cli_args, only_run_dir, read_wandb_summary, unused_port
 
 DIGITS = str(CONFIGS / "digits.yaml")
@@ -339,3 +340,49 @@ def test_early_stopping_ends_the_fit_and_the_best_checkpoint_is_tested(
     best = Path(metrics["best_checkpoint"])
     assert (run_dir / "plots" / "test" / best.stem).is_dir()  # the test after fit used the best
     assert (run_dir / "plots" / "val" / "epoch_1" / "confusion_matrix.png").is_file()  # drawn at fit end
+
+
+def accuracy(model: pl.LightningModule, data: DigitsDataModule, split: str) -> float:
+    """The model's accuracy on a split, computed here rather than by the Trainer."""
+    model.eval()
+    loader = data.val_dataloader() if split == "val" else data.test_dataloader()
+    with torch.no_grad():
+        correct = sum(int((model(batch).pred == batch.require_label()).sum()) for batch in loader)
+    return correct / len(data.datasets[split])
+
+
+@pytest.mark.slow
+def test_with_ema_validation_test_and_predict_use_the_averaged_weights(runs_dir: Path) -> None:
+    """configs/ema.yaml: the checkpoints hold the averaged weights, and the logged val/acc, the test after
+    fit and predict from the checkpoint are exactly what those weights score (the trained ones differ)."""
+    ema = ["--trainer.callbacks+", str(CONFIGS / "ema.yaml"), "--trainer.limit_test_batches", "1.0"]
+    fit = main(
+        cli_args("fit", "--config", DIGITS, "--config", LIMIT, *ema, "--run_name", "ema", runs_dir=runs_dir)
+    )
+    assert fit is not None
+    metrics = json.loads((fit.run_dir / "metrics.json").read_text())
+    best = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    averaged, trained = best["state_dict"], best["current_model_state"]
+    assert not all(torch.equal(averaged[k], trained[k]) for k in averaged)
+    model = ConvNet(10, (1, 8, 8), channels=(32, 64), hidden=(128,))  # configs/digits.yaml's net
+    model.load_state_dict(averaged)
+    data = DigitsDataModule(batch_size=64, split_file=str(fit.run_dir / "split.json"))
+    data.setup("fit")
+    data.setup("test")
+    assert accuracy(model, data, "val") == pytest.approx(metrics["best_score"], abs=1e-6)
+    assert accuracy(model, data, "test") == pytest.approx(metrics["test/acc"], abs=1e-6)
+    predict = main(
+        cli_args(
+            "predict", "--config", DIGITS, *ema, "--ckpt_path", metrics["best_checkpoint"], runs_dir=runs_dir
+        )
+    )
+    assert predict is not None
+    with open(predict.run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    with torch.no_grad():
+        expected = {
+            int(i): int(p)
+            for batch in data.test_dataloader()
+            for i, p in zip(batch.index.tolist(), model(batch).pred.tolist(), strict=True)  # type: ignore[union-attr]
+        }
+    assert {int(row["index"]): int(row["pred"]) for row in rows} == expected

@@ -57,13 +57,17 @@ def test_rng_state_round_trips_every_generator() -> None:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights_as_an_unbroken_run(runs_dir: Path) -> None:
+@pytest.mark.parametrize("ema", [False, True], ids=["plain", "ema"])
+def test_killed_run_resumes_to_the_same_weights_as_an_unbroken_run(runs_dir: Path, ema: bool) -> None:
     """SIGKILL after an epoch boundary, resume with --ckpt_path last: the final weights are
     bit-identical (torch.equal) to an uninterrupted run's. On CPU with the random generators saved in
     the checkpoint (RNGState) and deterministic ops, every step repeats exactly, so no tolerance is
-    needed; a tolerance would hide a lost or repeated batch."""
+    needed; a tolerance would hide a lost or repeated batch. With configs/ema.yaml the averaged weights
+    (the checkpoint's state_dict) and the current ones both come out bit-identical."""
     common = ["--config", DIGITS, "--config", LIMIT, "--trainer.max_epochs", "5",
               "--trainer.deterministic", "true", "--trainer.default_root_dir", str(runs_dir)]  # fmt: skip
+    if ema:
+        common += ["--trainer.callbacks+", str(CONFIGS / "ema.yaml")]
     unbroken = main(["fit", *common, "--run_name", "unbroken"])
     assert unbroken is not None
 
@@ -82,6 +86,13 @@ def test_killed_run_resumes_to_the_same_weights_as_an_unbroken_run(runs_dir: Pat
     assert resumed is not None and resumed.trainer.current_epoch == 5
     a, b = weights(runs_dir / "unbroken/checkpoints/last.ckpt"), weights(last)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if ema:  # the weights above are the averages; the trained ones and the average's count match too
+        ca, cb = (
+            torch.load(p, weights_only=True) for p in (runs_dir / "unbroken/checkpoints/last.ckpt", last)
+        )
+        for key in ("current_model_state", "averaging_state"):
+            assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key]), key
+        assert not all(torch.equal(a[k], ca["current_model_state"][k]) for k in a)  # an average, not a copy
     metrics = [json.loads((runs_dir / name / "metrics.json").read_text()) for name in ("unbroken", "killed")]
     for key in ("val/acc", "val/loss", "test/acc", "test/loss", "best_score"):
         assert metrics[1][key] == metrics[0][key], key

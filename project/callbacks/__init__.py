@@ -5,6 +5,7 @@ nonfinite_loss.py)."""
 
 from project.callbacks.base import EpochCallback
 from project.callbacks.confusion import ConfusionMatrix
+from project.callbacks.ema import EMA
 from project.callbacks.metrics_file import FinalMetricsFile
 from project.callbacks.moved_run import MovedRunDir
 from project.callbacks.nonfinite_loss import NonFiniteLossGuard
@@ -17,6 +18,7 @@ from project.callbacks.uncertainty import UncertaintyPlots
 from project.callbacks.visual_log import VisualLog
 
 __all__ = [
+    "EMA",
     "ConfusionMatrix",
     "EpochCallback",
     "FinalMetricsFile",
