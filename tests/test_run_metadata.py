@@ -109,3 +109,12 @@ def test_each_later_command_adds_a_segment_and_keeps_the_first(tmp_path: Path) -
     fit(tmp_path, RunMetadata(source=str(elsewhere)))  # a resume, or a test, in the same run directory
     both = segments(tmp_path)
     assert len(both) == 2 and both[0] == first[0]
+
+
+def test_an_unreadable_metadata_file_is_set_aside_not_overwritten(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "metadata.json").write_text("{not json")
+    fit(tmp_path, RunMetadata(source=str(elsewhere)))
+    assert (tmp_path / "metadata.unreadable.json").read_text() == "{not json"
+    assert len(segments(tmp_path)) == 1

@@ -173,15 +173,11 @@ def packages() -> list[str]:
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
+    """The entries so far. A file that cannot be read is set aside (renamed), never overwritten."""
     try:
-        segments = json.loads(path.read_text())["segments"]
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-    ):  # none yet, or unreadable: it is not overwritten blindly
-        if path.exists():
-            path.rename(path.with_suffix(".unreadable.json"))
+        return list(json.loads(path.read_text())["segments"])
+    except FileNotFoundError:  # the first command in this run directory
         return []
-    return list(segments)
+    except (OSError, ValueError, KeyError, TypeError):
+        path.rename(path.with_suffix(".unreadable.json"))
+        return []
