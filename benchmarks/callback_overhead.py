@@ -39,32 +39,27 @@ from project.data.fake_cifar10 import write_cifar10
 from project.model import ConvNet
 
 
-class EpochTimer(pl.Callback):
+class Timer(pl.Callback):
+    """Times each training epoch (validation included) and each validation loop alone. Listed last, so
+    its on_validation_end runs after the visual callbacks' (where the schedule draws)."""
+
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
+        self.epochs: list[float] = []
+        self.validations: list[float] = []
+        self._epoch_start = self._validation_start = 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.times.append(time.perf_counter() - self._start)
-
-
-class ValidationTimer(pl.Callback):
-    """Times each validation loop, drawing included: listed last, so its on_validation_end runs after the
-    visual callbacks' (where the schedule draws)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
+        self.epochs.append(time.perf_counter() - self._epoch_start)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._validation_start = time.perf_counter()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.times.append(time.perf_counter() - self._start)
+            self.validations.append(time.perf_counter() - self._validation_start)
 
 
 class Row(TypedDict):
@@ -107,8 +102,8 @@ def run(
     from pytorch_lightning.loggers import WandbLogger
 
     pl.seed_everything(0, verbose=False)
-    timer, validation_timer = EpochTimer(), ValidationTimer()
-    callbacks: list[pl.Callback] = [timer]
+    timer = Timer()
+    callbacks: list[pl.Callback] = []
     if visuals:
         callbacks += [
             TopKExamples(k=8, every_n_epochs=every_n_epochs),
@@ -121,7 +116,7 @@ def run(
         accelerator="cpu",
         max_epochs=epochs,
         logger=WandbLogger(save_dir=str(root)),
-        callbacks=[*callbacks, validation_timer],
+        callbacks=[*callbacks, timer],
         enable_progress_bar=False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -137,7 +132,7 @@ def run(
     import wandb
 
     wandb.finish()
-    return validation_timer.times if validation else timer.times[1:]
+    return timer.validations if validation else timer.epochs[1:]
 
 
 def main() -> None:
