@@ -1,17 +1,27 @@
-"""`python -m project [fit|validate|test|predict|tune|runs] ...`; with no arguments, the CIFAR-10 demo."""
+"""`python -m project [fit|validate|test|predict|tune|runs|cv|lr_find|scale_batch_size|export] ...`;
+with no arguments, the CIFAR-10 demo."""
 
 import sys
 from importlib import import_module
 
 from project.sweep.child import die_with_parent
 
-# Not LightningCLI's commands: each parses its own arguments, and neither imports torch to do it.
-OTHER_COMMANDS = {"tune": "project.sweep.command", "runs": "project.runs"}
+# Not LightningCLI's own commands: "module[:function]" (default main), called with the arguments after
+# the command's name.
+OTHER_COMMANDS = {
+    "tune": "project.sweep.command",  # sweeps on Optuna
+    "runs": "project.runs",  # the table of run directories
+    "cv": "project.cv",  # k-fold cross-validation, one fit per fold
+    "lr_find": "project.finders:lr_find",  # Lightning's Tuner: learning rate ...
+    "scale_batch_size": "project.finders:scale_batch_size",  # ... and largest batch size
+    "export": "project.export",  # ONNX / torch.export files from a checkpoint
+}
 
 
 def dispatch() -> None:
     if sys.argv[1:] and sys.argv[1] in OTHER_COMMANDS:
-        import_module(OTHER_COMMANDS[sys.argv[1]]).main(sys.argv[2:])
+        module, _, function = OTHER_COMMANDS[sys.argv[1]].partition(":")
+        getattr(import_module(module), function or "main")(sys.argv[2:])
     else:
         from project.cli import main
 

@@ -7,7 +7,7 @@
     python -m project fit --config configs/digits.yaml --print_config
     python -m project test --config configs/digits.yaml --ckpt_path runs/<run>/checkpoints/last.ckpt
     python -m project predict --config configs/digits.yaml --ckpt_path runs/<run>/checkpoints/last.ckpt
-    (`tune` and `runs` are dispatched in __main__.py, to sweep/command.py and runs.py)
+    (the other commands are dispatched in __main__.py: tune, runs, cv, lr_find, export, ...)
 
 `configs/defaults.yaml` is read first by every subcommand (loggers, checkpoints, seed), then each
 `--config` in order, then the dotted overrides. Elsewhere: run directories (run_dir.py), checks of
@@ -109,9 +109,10 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def main(args: list[str] | None = None) -> ProjectCLI | None:
+def main(args: list[str] | None = None, cli_class: type[ProjectCLI] = ProjectCLI) -> ProjectCLI | None:
     """Entry point of `python -m project`; returns the CLI object (for tests) or exits with status 2
-    and one clear message on a `UserError`."""
+    and one clear message on a `UserError`. `cli_class`: a ProjectCLI that runs `fit` its own way
+    (finders.py)."""
     if args is None and not sys.argv[1:]:
         args = DEFAULT_ARGS  # plain `python -m project`: the default demo
     choose_wandb_mode()
@@ -119,7 +120,7 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
     command = {"default_config_files": [str(CONFIG_DIR / "defaults.yaml")], "allow_abbrev": False}
     try:
         with forgetting_run_dir(), closing_wandb_run():
-            cli = ProjectCLI(
+            cli = cli_class(
                 BaseModel,
                 ClassificationDataModule,
                 subclass_mode_model=True,

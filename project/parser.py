@@ -400,6 +400,13 @@ def add_run_arguments(parser: LightningArgumentParser) -> None:
         "(the same command for a first start and for every restart of a preempted job).",
     )
     parser.add_argument(
+        "--log_model",
+        type=bool | Literal["all"],
+        default=False,
+        help="Upload checkpoints to W&B as artifacts: true = the best and last.ckpt once fit ends, all = "
+        "each checkpoint as it is written. An offline run keeps them for `wandb sync`.",
+    )
+    parser.add_argument(
         "--test_after_fit",
         type=bool,
         default=True,

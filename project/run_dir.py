@@ -51,7 +51,7 @@ from project.checkpoint_io import check_checkpoint
 from project.errors import UserError
 from project.files import atomic_write
 from project.parser import located_class
-from project.wandb_setup import name_wandb_run, wandb_run_id
+from project.wandb_setup import log_checkpoints, name_wandb_run, wandb_run_id
 
 # Lightning's DDP launcher re-runs the command in child processes that inherit the environment:
 # rank 0 publishes its run directory here so every rank writes to the same one.
@@ -317,7 +317,8 @@ def _unusable_root(root: Path, error: OSError) -> UserError:
 
 def point_outputs_into(config: Namespace, run_dir: Path, resuming: bool) -> None:
     """Point a command's config (a copy: the user's is saved as given) at its run directory: the
-    Trainer's root, relative `save_dir`/`dirpath` of loggers and callbacks, the W&B run, and with
+    Trainer's root, relative `save_dir`/`dirpath` of loggers and callbacks, the W&B run (and its
+    checkpoint uploads with --log_model), and with
     --resume auto or --ckpt_path last the checkpoint to continue from, checked."""
     config.trainer.default_root_dir = str(run_dir)
     loggers = _entries(config.trainer.logger)
@@ -331,6 +332,7 @@ def point_outputs_into(config: Namespace, run_dir: Path, resuming: bool) -> None
     name_wandb_run(
         loggers, run_dir, resuming or (config.resume == "auto" and wandb_run_id(run_dir) is not None)
     )
+    log_checkpoints(loggers, config.log_model)
     if config.resume == "auto" and resuming:
         config.ckpt_path = str(intact_checkpoint(run_dir / "checkpoints" / "last.ckpt"))
     elif config.get("ckpt_path") == "last":

@@ -22,6 +22,8 @@ from typing import Any
 
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from project.errors import UserError
+
 CONNECT_TIMEOUT_S = 5.0
 DEFAULT_SERVER = "https://api.wandb.ai"
 
@@ -89,6 +91,23 @@ def name_wandb_run(logger_specs: list[Any], run_dir: Path, resuming: bool) -> No
             spec.init_args["name"] = run_dir.name
         if resuming and spec.init_args.get("id") is None:
             spec.init_args["id"] = wandb_run_id(run_dir)
+
+
+def log_checkpoints(logger_specs: list[Any], log_model: bool | str) -> None:
+    """`--log_model`: hand the value to every WandbLogger of the config (Lightning's WandbLogger
+    uploads the ModelCheckpoints' files as `model-<run id>` artifacts, aliased best and latest).
+    Refused, in one line, where no W&B run would take them."""
+    if not log_model:
+        return
+    specs = [spec for spec in logger_specs if str(spec.class_path).endswith("WandbLogger")]
+    if os.environ.get("WANDB_MODE") == "disabled" or not specs:
+        why = "WANDB_MODE=disabled" if specs else "trainer.logger has no WandbLogger"
+        raise UserError(
+            f"log_model={log_model} uploads checkpoints to W&B, but {why}: drop --log_model, or log to W&B "
+            "(offline is fine: `wandb sync` uploads them later)"
+        )
+    for spec in specs:
+        spec.init_args["log_model"] = log_model
 
 
 _data_dir_set_here: str | None = None

@@ -293,6 +293,10 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
     def on_train_start(self) -> None:
         # A resumed run restores the original LR schedule, whose length was fixed at the start; a
         # schedule stretched or cut mid-run means nothing (OneCycle even fails at its last step).
+        if self.trainer.ckpt_path is None:
+            # Not a resumed run: its schedule was built for it (a finder's few trial steps, finders.py,
+            # run with the schedule of the whole run, which they never reach the end of).
+            return
         expected = self.trainer.estimated_stepping_batches
         for config in self.trainer.lr_scheduler_configs:
             length = SCHEDULE_LENGTH.get(type(config.scheduler))
