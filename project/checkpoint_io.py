@@ -146,7 +146,7 @@ def check_hyperparameters(hparams: Any, source: str, model_class: str | None = N
     if saved is not None and saved not in INSTANTIATORS:
         raise UserError(f"{source}: its _instantiator {saved!r} is not Lightning's; refused, nothing was run")
     if "_class_path" in hparams and hparams["_class_path"] != model_class:
-        _check_class(hparams["_class_path"], (PACKAGE,), LightningModule, f"{source}: model class")
+        check_class(hparams["_class_path"], (PACKAGE,), LightningModule, f"{source}: model class")
     for name, namespaces, base in [
         ("optimizer", OPTIMIZER_NAMESPACES, Optimizer),
         ("scheduler", SCHEDULER_NAMESPACES, LRScheduler),
@@ -154,7 +154,7 @@ def check_hyperparameters(hparams: Any, source: str, model_class: str | None = N
         spec = hparams.get(name)
         path = spec.get("class_path") if isinstance(spec, dict) else spec
         if path is not None:
-            _check_class(path, namespaces, base, f"{source}: model.init_args.{name}")
+            check_class(path, namespaces, base, f"{source}: model.init_args.{name}")
     for name, noun, resolve in [("losses", "loss", resolve_loss), ("metrics", "metric", resolve_metric)]:
         for term in hparams.get(name) or []:
             if isinstance(term, dict):
@@ -166,7 +166,7 @@ def check_hyperparameters(hparams: Any, source: str, model_class: str | None = N
         if isinstance(spec, dict):
             others[name] = {k: v for k, v in spec.items() if k != "class_path"}
     for where, path in _class_paths(others, "model.init_args"):
-        _check_class(path, CLASS_NAMESPACES, object, f"{source}: {where}")
+        check_class(path, CLASS_NAMESPACES, object, f"{source}: {where}")
 
 
 def check_checkpoint_hyperparameters(path: str | os.PathLike[str], model_class: str | None = None) -> None:
@@ -195,7 +195,7 @@ def _class_paths(value: Any, where: str) -> list[tuple[str, Any]]:
     return found
 
 
-def _check_class(path: Any, namespaces: tuple[str, ...], base: type, what: str) -> None:
+def check_class(path: Any, namespaces: tuple[str, ...], base: type, what: str) -> None:
     """A UserError unless `path` is a dotted path inside `namespaces` (checked before any import)
     naming a subclass of `base` defined there (checked before anything calls it)."""
     refused = f"{what} {path!r} is refused, and nothing was imported or run"

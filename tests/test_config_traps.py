@@ -195,7 +195,7 @@ def test_print_config_shows_model_and_data_first_without_default_nulls(
     config = yaml.safe_load(printed)
     (wandb,) = [lg for lg in config["trainer"]["logger"] if lg["class_path"].endswith("WandbLogger")]
     assert None not in wandb["init_args"].values()  # ~30 nulls of wandb.init's before
-    assert len(printed.splitlines()) < 200  # 251 before
+    assert len(printed.splitlines()) < 215  # 251 with the nulls; 200 with Throughput and log_model
 
     # Nothing is lost: the printed config read back prints the same config.
     path = tmp_path / "printed.yaml"

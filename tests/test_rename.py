@@ -648,10 +648,6 @@ def test_renamed_copy_of_this_repository_runs(tmp_path: Path) -> None:
     # `project` may still resolve to the editable install of the original, never to the copy.
     old = run("-c", "import importlib.util as u; s = u.find_spec('project'); print(s and s.origin)")
     assert str(copy) not in old.stdout
-    config = run("-m", NEW, "fit", "--config", "configs/digits.yaml", "--print_config")  # the CLI parses
-    assert config.returncode == 0, config.stderr[-3000:]
-    assert f"class_path: {NEW}.model.ConvNet" in config.stdout and f"project: {NEW}" in config.stdout
-    assert f"{NEW}.callbacks.PredictionWriter" in config.stdout and "project." not in config.stdout
     runs = tmp_path / "runs"
     # A short real run (fast_dev_run keeps no run directory): one epoch of two batches, then its test.
     fast = ["--config", "configs/digits.yaml", "--config", "configs/debug/limit.yaml",
@@ -660,6 +656,11 @@ def test_renamed_copy_of_this_repository_runs(tmp_path: Path) -> None:
     fit = run("-m", NEW, "fit", *fast, "--trainer.default_root_dir", str(runs))
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert f"Run directory: {runs}" in fit.stdout
+    # The config the renamed CLI resolved and saved names the new package only.
+    (saved,) = runs.glob("*/config.yaml")
+    config = saved.read_text()
+    assert f"class_path: {NEW}.model.ConvNet" in config and f"project: {NEW}" in config
+    assert f"{NEW}.callbacks.PredictionWriter" in config and "project." not in config
     tests = ["tests/test_structs.py", "tests/test_models.py", "tests/test_split.py"]
     pytest_run = run("-m", "pytest", "-q", "-x", *tests, "-p", "no:cacheprovider")
     assert pytest_run.returncode == 0, pytest_run.stdout[-3000:]

@@ -131,18 +131,19 @@ for i in range(10_000):
 
 @pytest.mark.slow
 def test_a_kill_during_a_save_never_leaves_a_broken_checkpoint(tmp_path: Path) -> None:
-    """Kill a process that rewrites a 64 MB checkpoint in a loop, at several moments after its first
-    save: the file on disk is always a complete checkpoint, and the next save clears the temp file a
-    killed save left behind."""
+    """Kill a process that rewrites a 64 MB checkpoint in a loop twice: right after its first save,
+    and while a save is being written (its temp file is there): the file on disk is always a complete
+    checkpoint, and the next save clears the temp file a killed save left behind."""
     target = tmp_path / "last.ckpt"
     interrupted = 0
-    for offset in (0.0, 0.07, 0.15, 0.3):
+    for mid_write in (False, True):  # each a process importing Lightning: two kills
         target.unlink(missing_ok=True)
         process = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(target)], cwd=REPO)
         deadline = time.monotonic() + 120
         while not target.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(offset)
+        while mid_write and not list(tmp_path.glob(".last.ckpt.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.001)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
         checkpoint = torch.load(target, weights_only=True)

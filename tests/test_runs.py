@@ -223,7 +223,8 @@ def test_bad_root_or_option_is_one_line(
     [
         (
             ["--sort", "val/accuracy"],
-            "--sort val/accuracy: no run has this metric; the runs have: best_score, test/acc, ",
+            "--sort val/accuracy: no run has this metric; the runs have: best_score, "
+            "perf/train_batches_per_sec, ",
         ),
         (["--diff", "a", "study"], "study is no run directory"),  # a sweep's study folder
         (["--diff", "a", "nothing"], "--diff: nothing is neither a folder nor a run under"),

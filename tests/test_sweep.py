@@ -267,7 +267,7 @@ def test_a_study_refuses_another_search_space_and_more_workers_than_trials(study
 @pytest.mark.slow
 def test_the_base_check_and_a_trial_run_in_the_spare_or_afresh_when_it_died(tmp_path: Path) -> None:
     """command.base_config in the first spare (runner.run_in_spare): the config a `fit --print_config`
-    prints, or a bad base command's error line; then runner._launch hands the spare its trial, whose output
+    prints, or a bad base command's error line; then runner.launch_run hands the spare its trial, whose output
     goes to the trial's log. A spare that died gives None: base_config runs a process of its own, and the
     trial starts afresh. (`runs` on an empty folder stands in for a fit: the same dispatch, one line of
     output, no training.)"""
@@ -281,7 +281,7 @@ def test_the_base_check_and_a_trial_run_in_the_spare_or_afresh_when_it_died(tmp_
         assert bad is not None and bad.returncode == 2 and bad.stdout == ""
         assert "did you mean trainer.max_epochs" in bad.stderr
         log = tmp_path / "trial.log"
-        assert runner._launch(spare, ["runs", str(tmp_path)], {}, log) is spare
+        assert runner.launch_run(spare, ["runs", str(tmp_path)], {}, log) is spare
         assert spare.wait(timeout=120) == 2 and log.read_text().startswith("error: no run directories")
     finally:
         spare.kill()
@@ -289,6 +289,6 @@ def test_the_base_check_and_a_trial_run_in_the_spare_or_afresh_when_it_died(tmp_
     assert runner.run_in_spare(spare, ["fit", "--print_config"]) is None  # it has ended
     assert command.base_config(base, spare) == config  # in a process of its own instead
     log = tmp_path / "afresh.log"
-    process = runner._launch(spare, ["runs", str(tmp_path)], {"WANDB_RUN_GROUP": "g"}, log)
+    process = runner.launch_run(spare, ["runs", str(tmp_path)], {"WANDB_RUN_GROUP": "g"}, log)
     assert process is not spare and process.wait(timeout=120) == 2
     assert log.read_text().startswith(f"error: no run directories under {tmp_path}")

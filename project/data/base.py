@@ -38,10 +38,11 @@ The contract, checked when the DataModule is created (a missing piece is one lin
   pool) or to pin published values (CIFAR-10's).
 
 and optionally `prepare_data` (download) and `augmentation()` (a random crop and flip of training
-images). The base does the rest: a seeded train/val split saved to the run directory (`split.json`)
-or read from `split_file`, a tiny `dev_subset` for CPU debugging, and loaders that yield `Example`s
-(the input in their `image` field, whatever its shape): torch DataLoaders, or with `device_loader`
-the splits held on the training device and batched there (`project/data/device_loader.py`).
+images). The base does the rest: a seeded train/val split (random, or one of `folds` stratified folds)
+saved to the run directory (`split.json`) or read from `split_file`, a tiny `dev_subset` for CPU
+debugging, and loaders that yield `Example`s (the input in their `image` field, whatever its shape):
+torch DataLoaders, or with `device_loader` the splits held on the training device and batched there
+(`project/data/device_loader.py`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from project.data.dataset import ImageDataset
 from project.data.device_augment import Augmentation
 from project.data.device_loader import DeviceBatches, to_device
 from project.data.resumable import EpochSampler, SeededSamples, TrainPosition, train_position
-from project.data.split import Split
+from project.data.split import Split, check_fold
 from project.errors import UserError
 from project.structs import Example
 
@@ -159,11 +160,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         device_loader: bool = False,
         channels_last: bool = False,
         shuffle_seed: int | None = None,
+        folds: int | None = None,
+        fold: int | None = None,
     ) -> None:
         """
         Args:
             batch_size: samples per batch on each device (under DDP the global batch is this x devices).
-            val_fraction: share of the training pool held out for validation.
+            val_fraction: share of the training pool held out for validation (ignored with `folds`).
             seed: seed of the train/val split (independent of `seed_everything`).
             split_file: a `split.json` from an earlier run to reuse its exact train/val partition.
             dev_subset: keep only the first N samples of every split: a tiny set for CPU debugging.
@@ -178,6 +181,11 @@ class ClassificationDataModule(pl.LightningDataModule):
                 tensor-core convolutions prefer; pair it with the model's own `channels_last`.
             shuffle_seed: seed of the training split's per-epoch order and augmentation (both
                 loaders; see data/resumable.py); None: the run's `seed_everything`, else `seed`.
+            folds: k-fold cross-validation: split the pool into this many stratified folds (seeded by
+                `seed`; each class spread over the folds as evenly as it can be), one of which is the
+                validation split and the others the training split, in place of `val_fraction`.
+                `python -m project cv --folds K` trains every fold.
+            fold: with `folds`, which fold (0..folds-1) is the validation split.
         """
         super().__init__()
         self._check_declared()
@@ -187,9 +195,11 @@ class ClassificationDataModule(pl.LightningDataModule):
             raise UserError(f"dev_subset must be a positive number of samples, got {dev_subset}")
         if num_workers < 0:
             raise UserError(f"num_workers must be >= 0, got {num_workers}")
+        check_fold(folds, fold)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.seed = seed
+        self.folds, self.fold = folds, fold
         self.split_file = split_file
         self.dev_subset = dev_subset
         self.num_workers = num_workers
@@ -306,10 +316,20 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _run_dir(self) -> Path | None:
         return Path(self.trainer.default_root_dir) if self.trainer is not None else None
 
-    def _make_split(self, num_samples: int) -> Split:
+    def _make_split(self, labels: Tensor) -> Split:
+        """The train/val split of a pool with these labels: split_file's, a k-fold one, or a random one."""
         if self.split_file is not None:
-            return Split.load(Path(self.split_file), num_samples)
-        return Split.random(num_samples, self.val_fraction, self.seed)
+            split = Split.load(Path(self.split_file), len(labels))
+            if self.folds is not None and (split.folds, split.fold) != (self.folds, self.fold):
+                held = "no k-fold split" if split.folds is None else f"fold {split.fold} of {split.folds}"
+                raise UserError(
+                    f"split_file {self.split_file} holds {held}, but data.init_args.folds/fold ask for fold "
+                    f"{self.fold} of {self.folds}: drop split_file, or folds and fold"
+                )
+            return split
+        if self.folds is not None and self.fold is not None:
+            return Split.kfold(labels, self.folds, self.fold, self.seed)
+        return Split.random(len(labels), self.val_fraction, self.seed)
 
     def _subset(self, indices: list[int]) -> list[int]:
         return indices if self.dev_subset is None else indices[: self.dev_subset]
@@ -317,7 +337,7 @@ class ClassificationDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self.datasets:
             inputs, labels = self.load_pool()
-            self.split = self._make_split(len(inputs))
+            self.split = self._make_split(labels)
             run_dir = self._run_dir()
             if run_dir is not None and self.trainer is not None and self.trainer.is_global_zero:
                 self.split.save(run_dir / SPLIT_FILENAME)
@@ -332,8 +352,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             if test is None:
                 raise UserError(f"{type(self).__name__} has no test split to {stage} on")
             if not hasattr(self, "mean"):  # a test-only run: the statistics of the same training split
-                pool = self.load_pool()[0]
-                self._ensure_statistics(pool, self._make_split(len(pool)).train)
+                pool, pool_labels = self.load_pool()
+                self._ensure_statistics(pool, self._make_split(pool_labels).train)
             inputs, labels = test
             indices = self._subset(list(range(len(inputs))))
             self.datasets["test"] = self.dataset_class(inputs, labels, indices, self.eval_transform())

@@ -191,7 +191,7 @@ def run_trial(
     env = {TRIAL_ENV: json.dumps(context), "WANDB_RUN_GROUP": sweep.study.study_name}
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    process = _launch(spare, args, env, log)
+    process = launch_run(spare, args, env, log)
     spare = start_spare() if more and not sweep.stop.is_set() else None
     sweep.children.add(process)
     while True:  # the heartbeat tells other machines this trial is alive
@@ -206,7 +206,7 @@ def run_trial(
     metrics = read_json(run_dir / "metrics.json")
     value = metrics.get(sweep.search.objective)
     if MISSING in attrs:
-        sweep.abort = _last_error(log) or f"the objective {sweep.search.objective} is never logged"
+        sweep.abort = last_error_line(log) or f"the objective {sweep.search.objective} is never logged"
         sweep.stop.set()
         state, error = TrialState.FAIL, None  # a problem of the search file, not of this trial: no count
     elif process.returncode == 0 and PRUNED_AT in attrs:
@@ -220,7 +220,7 @@ def run_trial(
     elif sweep.stop.is_set() and process.returncode < 0:
         state, error = TrialState.FAIL, None  # stopped with the tune process (Ctrl-C): interrupted
     else:
-        state, error = TrialState.FAIL, _last_error(log) or f"exit status {process.returncode}"
+        state, error = TrialState.FAIL, last_error_line(log) or f"exit status {process.returncode}"
     if error is not None:
         trial.set_user_attr(ERROR, error)
     _end(sweep, trial, state, value if state == TrialState.COMPLETE else None, run_dir)
@@ -228,7 +228,7 @@ def run_trial(
     return spare
 
 
-def _launch(
+def launch_run(
     spare: subprocess.Popen[bytes] | None, args: list[str], env: dict[str, str], log: Path
 ) -> subprocess.Popen[bytes]:
     """Hand the trial to the spare process, or start it afresh when there is none or it has died."""
@@ -342,7 +342,7 @@ def _start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def _last_error(log: Path) -> str | None:
+def last_error_line(log: Path) -> str | None:
     """The error line a failed trial printed last (the CLI's `error: ...`, or a traceback's last line)."""
     try:
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
