@@ -42,6 +42,11 @@ from project.wandb_setup import choose_wandb_mode, closing_wandb_run, drop_anony
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_ARGS = ["fit", "--config", str(CONFIG_DIR / "cifar10.yaml")]
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+DESCRIPTION = (
+    "Train, evaluate and predict with Lightning (the subcommands below). Other commands, each with its "
+    "own --help: tune (sweeps), cv (k-fold cross-validation), runs (the table of runs), lr_find and "
+    "scale_batch_size (Lightning's Tuner), export (ONNX / torch.export)."
+)
 # Model arguments filled in from DataModule attributes: {model argument: data attribute}.
 LINKED = {"num_classes": "num_classes", "in_shape": "input_shape"}
 
@@ -128,7 +133,7 @@ def main(args: list[str] | None = None, cli_class: type[ProjectCLI] = ProjectCLI
                 save_config_callback=RunConfigSaver,
                 auto_configure_optimizers=False,
                 parser_class=ProjectArgumentParser,
-                parser_kwargs={"prog": "python -m project", "allow_abbrev": False}
+                parser_kwargs={"prog": "python -m project", "allow_abbrev": False, "description": DESCRIPTION}
                 | dict.fromkeys(SUBCOMMANDS, command),
                 args=args,  # None: LightningCLI reads sys.argv itself
             )
