@@ -60,6 +60,7 @@ DEFAULT_METRICS = "val/*,test/*"
 # Metrics where lower is better, by a part of their name: --sort lists these ascending.
 LOWER_IS_BETTER = ("loss", "err", "ece", "mse", "mae", "perplexity")
 # A trial's state (trial.json, written by the sweep) where run.json alone would say it ended.
+FINDERS = ("lr_find", "scale_batch_size")  # the result file of finders.py: <name>.json
 TRIAL_STATES = {"PRUNED": "pruned", "FAIL": "failed"}
 # Values of metrics.json that count rather than measure (the epochs column has the first).
 BOOKKEEPING = ("epoch", "global_step")
@@ -198,7 +199,9 @@ def read_run(path: Path, root: Path) -> Run:
     trial = read_json(path / "trial.json")
     epochs = record.get("epochs", final.get("epoch"))
     model = _dig(config, "model", "class_path")
-    status = run_status(path, record, trial, has_metrics=bool(metrics))
+    # A finder's run (finders.py) trains nothing: its status says which finder it was.
+    finder = next((name for name in FINDERS if (path / f"{name}.json").is_file()), None)
+    status = finder or run_status(path, record, trial, has_metrics=bool(metrics))
     return Run(
         path=path,
         name=name,

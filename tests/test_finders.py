@@ -13,6 +13,7 @@ from pytorch_lightning.tuner.lr_finder import _LRFinder
 
 from project.data.device_loader import DeviceBatches
 from project.finders import LR_KEY, MAX_LR_KEY, lr_find, scale_batch_size, steepest_fall, training_samples
+from project.runs import runs_command
 from tests.conftest import CONFIGS, only_run_dir
 
 DIGITS = str(CONFIGS / "digits.yaml")
@@ -53,6 +54,9 @@ def test_lr_find_writes_plot_and_suggestion_and_prints_the_override(
     assert (run_dir / "lr_find.png").stat().st_size > 10_000
     assert digest(DIGITS) == before  # the user's config is left as it was
     assert not list(run_dir.glob(".lr_find*.ckpt")) and not (run_dir / "checkpoints").exists()
+    # `runs` lists it as what it was: a finder's run, not a finished training run.
+    (row,) = [line for line in runs_command([str(runs_dir)]).splitlines() if run_dir.name in line]
+    assert row.split()[-1] == "lr_find", row
 
 
 def test_steepest_fall_is_taken_against_log_lr_not_lr() -> None:
