@@ -318,8 +318,8 @@ def _unusable_root(root: Path, error: OSError) -> UserError:
 def point_outputs_into(config: Namespace, run_dir: Path, resuming: bool) -> None:
     """Point a command's config (a copy: the user's is saved as given) at its run directory: the
     Trainer's root, relative `save_dir`/`dirpath` of loggers and callbacks, the W&B run (and its
-    checkpoint uploads with --log_model), and with
-    --resume auto or --ckpt_path last the checkpoint to continue from, checked."""
+    checkpoint uploads with --log_model), and with --resume auto or --ckpt_path last the checkpoint
+    to continue from, checked."""
     config.trainer.default_root_dir = str(run_dir)
     loggers = _entries(config.trainer.logger)
     for spec in loggers + _entries(config.trainer.callbacks):
