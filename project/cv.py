@@ -33,11 +33,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
-from project.errors import UserError
+from project.errors import CommandParser, UserError, exit_on_user_error
 from project.files import atomic_write
 from project.runs import read_json
 from project.sweep.child import TRIAL_ENV
@@ -50,22 +50,12 @@ METRIC_PREFIXES = ("val/", "test/")
 
 
 def main(args: list[str]) -> None:
-    try:
-        failed = run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if failed:
+    if exit_on_user_error(lambda: run(args)):  # a fold failed
         raise SystemExit(1)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, as every other error of the project
-        raise UserError(f"{message} ({PROG} --help lists the options)")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = CommandParser(
         prog=PROG,
         allow_abbrev=False,
         description="k-fold cross-validation: one `fit` per fold, then the mean and std of each metric. "

@@ -30,17 +30,16 @@ import json
 import logging
 import pickle
 import re
-import sys
 import sysconfig
 import traceback
 from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
-from project.errors import UserError
+from project.errors import CommandParser, UserError, exit_on_user_error
 from project.files import atomic_write
 from project.terms import DOTTED, PACKAGE, inside
 
@@ -56,21 +55,12 @@ TRACE_BATCH = 2
 
 
 def main(args: list[str]) -> None:
-    try:
-        written = export_command(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    written = exit_on_user_error(lambda: export_command(args))
     print(f"wrote {written} and {spec_path(written)}")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, as every other error of the project
-        raise UserError(f"{message} (python -m {PACKAGE} export --help lists the options)")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = CommandParser(
         prog=f"python -m {PACKAGE} export",
         allow_abbrev=False,
         description="Export a checkpoint's model (dynamic batch dimension) with a JSON spec beside it.",

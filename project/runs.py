@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
-from project.errors import UserError
+from project.errors import CommandParser, UserError, exit_on_user_error
 
 DEFAULT_ROOT = "runs"  # as project/run_dir.py's DEFAULT_RUNS_ROOT (not imported: it loads Lightning)
 RUN_FILES = ("config.yaml", "run.json", "trial.json")
@@ -82,11 +82,7 @@ class Run:
 
 
 def main(args: list[str]) -> None:
-    try:
-        output = runs_command(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    output = exit_on_user_error(lambda: runs_command(args))
     try:
         sys.stdout.write(output)
         sys.stdout.flush()
@@ -119,13 +115,8 @@ def runs_command(args: list[str]) -> str:
     return format_table(runs, options.metrics, options.sort, as_csv=options.csv)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, as every other error of the project
-        raise UserError(f"{message} (python -m project runs --help lists the options)")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CommandParser(
         prog="python -m project runs",
         description="A table of the run directories under ROOT: the settings that differ between them, "
         "final metrics, epochs, wall time, status (finished, running, killed, failed, pruned, ...).",

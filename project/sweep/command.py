@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 import yaml
 
-from project.errors import UserError
+from project.errors import UserError, exit_on_user_error
 from project.runs import flatten
 from project.sweep.results import best_trial, write_results
 from project.sweep.runner import (
@@ -47,11 +47,7 @@ IDENTITY, PRUNER, BASE = "search", "pruner", "base_args"  # study user attribute
 
 
 def main(args: list[str]) -> None:
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    exit_on_user_error(lambda: run(args))
 
 
 def parser() -> argparse.ArgumentParser:
