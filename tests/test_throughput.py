@@ -40,6 +40,21 @@ def test_flops_counted_on_meta_match_a_real_pass() -> None:
     assert all(p.device.type == "cpu" for p in model.parameters())  # the model itself is untouched
 
 
+def bare_trainer(tmp_path: Path, callbacks: list[pl.Callback], **limits: Any) -> pl.Trainer:
+    """A CPU Trainer logging to metrics.csv under `tmp_path`, with nothing but `callbacks`."""
+    return pl.Trainer(
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path),
+        default_root_dir=tmp_path,  # where the DataModule saves split.json
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **limits,
+    )
+
+
 def read_epochs(log_dir: Path) -> list[dict[str, float]]:
     (path,) = log_dir.rglob("metrics.csv")
     rows = [
@@ -58,20 +73,10 @@ def test_rates_per_epoch_exclude_validation_and_give_mfu_against_the_peak(
     monkeypatch.setattr(throughput_module, "get_available_flops", lambda device, dtype: peak)
     data = DigitsDataModule(batch_size=32, device_loader=True)
     model = MLPNet(num_classes=10, in_shape=(1, 8, 8), hidden=(32,))
-    trainer = pl.Trainer(
-        max_epochs=2,
-        limit_train_batches=6,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
+    trainer = bare_trainer(
+        tmp_path, [Throughput(), SlowValidation()], max_epochs=2, limit_train_batches=6, limit_val_batches=2,
         log_every_n_steps=1,
-        accelerator="cpu",
-        logger=CSVLogger(tmp_path),
-        default_root_dir=tmp_path,  # where the DataModule saves split.json
-        callbacks=[Throughput(), SlowValidation()],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    )  # fmt: skip
     trainer.fit(model, datamodule=data)
     rows = read_epochs(tmp_path)
     train = [r for r in rows if "perf/train_samples_per_sec" in r]
@@ -97,18 +102,8 @@ def test_rates_per_epoch_exclude_validation_and_give_mfu_against_the_peak(
 def test_no_mfu_without_a_known_peak(tmp_path: Path) -> None:
     """On this CPU Lightning knows no peak: rates are logged, MFU is not."""
     data = DigitsDataModule(batch_size=64, device_loader=True)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        logger=CSVLogger(tmp_path),
-        default_root_dir=tmp_path,  # where the DataModule saves split.json
-        callbacks=[Throughput(flops=False)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = bare_trainer(
+        tmp_path, [Throughput(flops=False)], max_epochs=1, limit_train_batches=2, limit_val_batches=1
     )
     trainer.fit(MLPNet(num_classes=10, in_shape=(1, 8, 8)), datamodule=data)
     (row,) = [r for r in read_epochs(tmp_path) if "perf/train_samples_per_sec" in r]
