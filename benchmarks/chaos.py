@@ -1,7 +1,7 @@
 """Chaos: SIGKILLs at random moments of a digits fit, each followed by the same `--resume auto`
 command, beside one unbroken run of the same command.
 
-    venv/bin/python benchmarks/chaos.py [--kills 5] [--epochs 6] [--seed 0] [--every-n-steps N]
+    venv/bin/python benchmarks/chaos.py [--kills 5] [--epochs 6] [--seed 0] [--every-n-steps N] [--config C]
 
 Each kill takes down the whole process group (trainer, W&B service, loader workers), as a
 preempted job's end does, at a random training step, aimed in turn at a training step, a
@@ -64,14 +64,14 @@ class PhaseProbe(pl.Callback):
         self._say("checkpoint save", trainer)  # the file is written right after this hook
 
 
-def command(root: Path, name: str, epochs: int, every_n_steps: int) -> list[str]:
+def command(root: Path, name: str, epochs: int, every_n_steps: int, config: str) -> list[str]:
     args = [
         sys.executable,
         "-m",
         "project",
         "fit",
         "--config",
-        "configs/digits.yaml",
+        config,
         "--config",
         "configs/debug/limit.yaml",
         "--trainer.max_epochs",
@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--root", type=Path, default=None, help="folder for the runs (default: a temp folder)"
     )
+    parser.add_argument("--config", default="configs/digits.yaml", help="the experiment config to fit")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     total = args.epochs * STEPS_PER_EPOCH
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.monotonic()
 
     unbroken = subprocess.run(
-        command(root, "unbroken", args.epochs, args.every_n_steps),
+        command(root, "unbroken", args.epochs, args.every_n_steps, args.config),
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"the unbroken run failed:\n{unbroken.stderr[-3000:]}")
 
     run_dir = root / "chaos"
-    chaos = command(root, "chaos", args.epochs, args.every_n_steps)
+    chaos = command(root, "chaos", args.epochs, args.every_n_steps, args.config)
     targets = sorted(rng.sample(range(1, total - STEPS_PER_EPOCH), args.kills))
     kills: list[dict[str, Any]] = []
     failures: list[str] = []

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +21,17 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+
+# configs/digits.yaml without its visual callbacks, for the tests that look at no picture: each drawn
+# epoch costs ~1 s of a 2-core CPU, most of a short test fit. Everything else (W&B, checkpoints, the
+# other callbacks) is the shipped config's. Written from the real file when the session starts, so it
+# never drifts from it, under the same file name (runs are named after it).
+VISUALS_LINE = "callbacks+: visuals.yaml"
+_SESSION_CONFIGS = Path(tempfile.mkdtemp(prefix="project-test-configs-"))
+atexit.register(shutil.rmtree, _SESSION_CONFIGS, ignore_errors=True)
+DIGITS_NO_VISUALS = _SESSION_CONFIGS / "digits.yaml"
+assert VISUALS_LINE in (CONFIGS / "digits.yaml").read_text()
+DIGITS_NO_VISUALS.write_text((CONFIGS / "digits.yaml").read_text().replace(VISUALS_LINE, ""))
 
 
 @pytest.fixture(autouse=True, scope="session")

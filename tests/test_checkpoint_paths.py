@@ -12,9 +12,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from project.callbacks.moved_run import keep_inside
 from project.cli import main
-from tests.conftest import CONFIGS, cli_args
+from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, cli_args
 
-DIGITS = str(CONFIGS / "digits.yaml")
+DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
 
 

@@ -19,9 +19,18 @@ import yaml
 from project.cli import DEFAULT_ARGS, main
 from project.data import DigitsDataModule
 from project.model import ConvNet
-from tests.conftest import CONFIGS, REPO, cli_args, only_run_dir, read_wandb_summary, unused_port
+from tests.conftest import (
+    CONFIGS,
+    DIGITS_NO_VISUALS,
+    REPO,
+    cli_args,
+    only_run_dir,
+    read_wandb_summary,
+    unused_port,
+)
 
 DIGITS = str(CONFIGS / "digits.yaml")
+PLAIN = str(DIGITS_NO_VISUALS)  # without the pictures, for the tests that look at none
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")  # 10 train batches x 2 epochs: a few seconds
 
 
@@ -134,7 +143,7 @@ class StopAfterEpochs(pl.Callback):
 
 @pytest.mark.slow
 def test_resume_with_ckpt_path_last_continues_in_the_same_run(runs_dir: Path) -> None:
-    three_epochs = ["--config", DIGITS, "--config", LIMIT, "--run_name", "r1", "--trainer.max_epochs", "3"]
+    three_epochs = ["--config", PLAIN, "--config", LIMIT, "--run_name", "r1", "--trainer.max_epochs", "3"]
     first = main(
         cli_args(
             "fit", *three_epochs, "--trainer.callbacks+=tests.test_cli.StopAfterEpochs", runs_dir=runs_dir
@@ -163,13 +172,13 @@ def test_resume_with_ckpt_path_last_continues_in_the_same_run(runs_dir: Path) ->
 def test_resume_with_another_run_length_is_refused(
     runs_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    main(cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "r2", runs_dir=runs_dir))
+    main(cli_args("fit", "--config", PLAIN, "--config", LIMIT, "--run_name", "r2", runs_dir=runs_dir))
     last = runs_dir / "r2" / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
     with pytest.raises(SystemExit) as exit_info:
         main(
             cli_args(
-                "fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "r2", "--ckpt_path", "last",
+                "fit", "--config", PLAIN, "--config", LIMIT, "--run_name", "r2", "--ckpt_path", "last",
                 "--trainer.max_epochs", "4", runs_dir=runs_dir,
             )
         )  # fmt: skip
@@ -196,20 +205,18 @@ def test_run_directories_are_never_reused_by_accident(
 
 @pytest.mark.slow
 def test_validate_test_and_predict_from_a_checkpoint(runs_dir: Path) -> None:
-    fit = main(
-        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "base", runs_dir=runs_dir)
-    )
+    fit = main(cli_args("fit", "--config", PLAIN, "--config", LIMIT, "--run_name", "base", runs_dir=runs_dir))
     assert fit is not None
     checkpoint = str(runs_dir / "base" / "checkpoints" / "last.ckpt")
 
     for stage in ("validate", "test"):
-        cli = main(cli_args(stage, "--config", DIGITS, "--ckpt_path", checkpoint, runs_dir=runs_dir))
+        cli = main(cli_args(stage, "--config", PLAIN, "--ckpt_path", checkpoint, runs_dir=runs_dir))
         assert cli is not None and cli.run_dir.name.endswith(f"convnet-{stage}")
         metrics = json.loads((cli.run_dir / "metrics.json").read_text())
         prefix = "val" if stage == "validate" else "test"
         assert metrics[f"{prefix}/acc"] > 0.5
 
-    predict = main(cli_args("predict", "--config", DIGITS, "--ckpt_path", checkpoint, runs_dir=runs_dir))
+    predict = main(cli_args("predict", "--config", PLAIN, "--ckpt_path", checkpoint, runs_dir=runs_dir))
     assert predict is not None
     with open(predict.run_dir / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
@@ -290,7 +297,7 @@ def test_default_cifar10_demo_trains_from_files_on_disk(tmp_path: Path, runs_dir
 @pytest.mark.slow
 def test_saved_config_repeats_the_run_in_a_new_directory(runs_dir: Path) -> None:
     first = main(
-        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "orig", runs_dir=runs_dir)
+        cli_args("fit", "--config", PLAIN, "--config", LIMIT, "--run_name", "orig", runs_dir=runs_dir)
     )
     assert first is not None
     saved = first.run_dir / "config.yaml"
@@ -309,7 +316,7 @@ def test_a_fit_gets_no_wandb_warning_about_the_anonymous_setting(tmp_path: Path)
     """Lightning's WandbLogger passes `anonymous` to wandb.init even when unset, and W&B warns on every
     run that the setting has no effect: the CLI leaves it out."""
     result = run_module(
-        "fit", "--config", DIGITS, "--config", LIMIT, "--trainer.max_epochs", "1",
+        "fit", "--config", PLAIN, "--config", LIMIT, "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",  # W&B speaks at init
         "--test_after_fit", "false", "--trainer.default_root_dir", str(tmp_path / "runs"),
         env={"WANDB_SILENT": "false"},
@@ -357,7 +364,7 @@ def test_with_ema_validation_test_and_predict_use_the_averaged_weights(runs_dir:
     fit and predict from the checkpoint are exactly what those weights score (the trained ones differ)."""
     ema = ["--trainer.callbacks+", str(CONFIGS / "ema.yaml"), "--trainer.limit_test_batches", "1.0"]
     fit = main(
-        cli_args("fit", "--config", DIGITS, "--config", LIMIT, *ema, "--run_name", "ema", runs_dir=runs_dir)
+        cli_args("fit", "--config", PLAIN, "--config", LIMIT, *ema, "--run_name", "ema", runs_dir=runs_dir)
     )
     assert fit is not None
     metrics = json.loads((fit.run_dir / "metrics.json").read_text())
@@ -373,7 +380,7 @@ def test_with_ema_validation_test_and_predict_use_the_averaged_weights(runs_dir:
     assert accuracy(model, data, "test") == pytest.approx(metrics["test/acc"], abs=1e-6)
     predict = main(
         cli_args(
-            "predict", "--config", DIGITS, *ema, "--ckpt_path", metrics["best_checkpoint"], runs_dir=runs_dir
+            "predict", "--config", PLAIN, *ema, "--ckpt_path", metrics["best_checkpoint"], runs_dir=runs_dir
         )
     )
     assert predict is not None

@@ -16,9 +16,9 @@ from project.cli import main
 from project.data import DigitsDataModule
 from project.errors import UserError
 from project.model import BaseModel, ConvNet
-from tests.conftest import CONFIGS, cli_args
+from tests.conftest import DIGITS_NO_VISUALS, cli_args
 
-DIGITS = str(CONFIGS / "digits.yaml")
+DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
 KAPPA = {"name": "kappa", "fn": "torchmetrics.classification.MulticlassCohenKappa", "prediction": "logits",
          "target": "label"}  # fmt: skip
 

@@ -1,5 +1,5 @@
 """k-fold cross-validation: `Split.kfold` (stratified folds, a property test), the `folds`/`fold`
-arguments of every ClassificationDataModule, and `python -m project cv` end to end on digits (3 folds of
+arguments of every ClassificationDataModule, and `python -m project cv` end to end on digits (2 folds of
 tiny fits of the plain digits config, as tests/test_sweep.py shrinks its trials)."""
 
 from __future__ import annotations
@@ -208,32 +208,32 @@ def test_cv_trains_every_fold_reports_a_failed_one_and_continues_it(
     plain_config: Path, tmp_path: Path
 ) -> None:
     base = ["--config", str(plain_config), *TINY, "--trainer.default_root_dir", str(tmp_path / "runs")]
-    cv_dir = tmp_path / "runs" / "digits_plain-cv3"
-    run_dirs = [cv_dir / f"fold-{i}" for i in range(3)]
-    # Fold 1 cannot get its run directory (a file is in the way): it fails, the others still run.
+    cv_dir = tmp_path / "runs" / "digits_plain-cv2"
+    run_dirs = [cv_dir / f"fold-{i}" for i in range(2)]
+    # Fold 0 cannot get its run directory (a file is in the way): it fails, the next one still runs.
     cv_dir.mkdir(parents=True)
-    (cv_dir / "command.json").write_text(json.dumps({"folds": 3, "base_args": base}))  # this cv's
-    run_dirs[1].write_text("in the way")
-    first = cv_command("--folds", "3", *base, cwd=tmp_path)
+    (cv_dir / "command.json").write_text(json.dumps({"folds": 2, "base_args": base}))  # this cv's
+    run_dirs[0].write_text("in the way")
+    first = cv_command("--folds", "2", *base, cwd=tmp_path)
     assert first.returncode == 1, first.stderr[-3000:]
-    log = cv_dir / "logs" / "fold-1.log"
-    (failure,) = [line for line in first.stderr.splitlines() if "fold 1 failed" in line]
-    assert failure.startswith(f"error: fold 1 failed: cannot create run directories under {cv_dir}")
+    log = cv_dir / "logs" / "fold-0.log"
+    (failure,) = [line for line in first.stderr.splitlines() if "fold 0 failed" in line]
+    assert failure.startswith(f"error: fold 0 failed: cannot create run directories under {cv_dir}")
     assert failure.endswith(f"(log: {log})") and log.is_file()
-    assert "fold 0: val/acc=" in first.stdout and "fold 2: val/acc=" in first.stdout
+    assert "fold 1: val/acc=" in first.stdout
     assert not (cv_dir / "cv.json").exists()
 
-    # The same command again trains fold 1 alone (0 and 2 finished: kept as they are), then sums up.
-    kept = {d: (d / "metrics.json").stat().st_mtime_ns for d in (run_dirs[0], run_dirs[2])}
-    run_dirs[1].unlink()
-    done = cv_command("--folds", "3", *base, cwd=tmp_path)
+    # The same command again trains fold 0 alone (fold 1 finished: kept as it is), then sums up.
+    kept = (run_dirs[1] / "metrics.json").stat().st_mtime_ns
+    run_dirs[0].unlink()
+    done = cv_command("--folds", "2", *base, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "cv digits_plain-cv3: 2 of 3 folds done" in done.stdout
-    assert "fold 1: val/acc=" in done.stdout and "fold 0:" not in done.stdout and "fold 2:" not in done.stdout
-    assert {d: (d / "metrics.json").stat().st_mtime_ns for d in (run_dirs[0], run_dirs[2])} == kept
+    assert "cv digits_plain-cv2: 1 of 2 folds done" in done.stdout
+    assert "fold 0: val/acc=" in done.stdout and "fold 1:" not in done.stdout
+    assert (run_dirs[1] / "metrics.json").stat().st_mtime_ns == kept
 
     summary = json.loads((cv_dir / "cv.json").read_text())
-    assert summary["folds"] == 3 and summary["run_dirs"] == [str(d) for d in run_dirs]
+    assert summary["folds"] == 2 and summary["run_dirs"] == [str(d) for d in run_dirs]
     metrics = [json.loads((d / "metrics.json").read_text()) for d in run_dirs]
     assert {"val/acc", "val/loss"} <= set(summary["metrics"])
     for name, entry in summary["metrics"].items():
@@ -246,7 +246,7 @@ def test_cv_trains_every_fold_reports_a_failed_one_and_continues_it(
     splits = [json.loads((d / "split.json").read_text()) for d in run_dirs]
     vals = [set(s["val"]) for s in splits]
     assert sum(map(len, vals)) == len(set().union(*vals)) == splits[0]["num_samples"]  # disjoint, cover
-    assert [(s["folds"], s["fold"]) for s in splits] == [(3, 0), (3, 1), (3, 2)]
+    assert [(s["folds"], s["fold"]) for s in splits] == [(2, 0), (2, 1)]
     for split in splits:
         assert sorted(split["train"] + split["val"]) == list(range(split["num_samples"]))
 

@@ -18,9 +18,9 @@ from project.cli import main
 from project.data import DigitsDataModule
 from project.errors import UserError
 from project.run_dir import resolve_run_dir
-from tests.conftest import CONFIGS, REPO, cli_args, own_wandb_service, unused_port
+from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, REPO, cli_args, own_wandb_service, unused_port
 
-DIGITS = str(CONFIGS / "digits.yaml")
+DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
 DDP = str(CONFIGS / "ddp.yaml")
 TRAIN_ON = ["--config", DIGITS, "--config", LIMIT, "--config", DDP, "--trainer.accelerator", "cpu",

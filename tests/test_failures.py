@@ -16,9 +16,9 @@ import torch
 from project.checkpoint_io import AtomicCheckpointIO, check_checkpoint
 from project.cli import main
 from project.data import DigitsDataModule, Split
-from tests.conftest import CONFIGS, cli_args
+from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, cli_args
 
-DIGITS = str(CONFIGS / "digits.yaml")
+DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
 FROZEN = CONFIGS / "digits_frozen_encoder.yaml"
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
 
@@ -129,7 +129,8 @@ def test_wandb_staged_files_stay_in_the_run_directory(
 ) -> None:
     monkeypatch.delenv("WANDB_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "home_data"))  # where W&B's default would be
-    cli = main(cli_args("fit", "--config", DIGITS, "--config", LIMIT, runs_dir=runs_dir))
+    with_tables = str(CONFIGS / "digits.yaml")  # the visual callbacks' W&B tables are staged files
+    cli = main(cli_args("fit", "--config", with_tables, "--config", LIMIT, runs_dir=runs_dir))
     assert cli is not None
     outside = list((tmp_path / "home_data").rglob("*"))
     assert not [p for p in outside if p.is_file()], outside

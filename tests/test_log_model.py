@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from project.cli import main
-from tests.conftest import CONFIGS, cli_args, only_run_dir
+from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, cli_args, only_run_dir
 
-DIGITS = str(CONFIGS / "digits.yaml")
+DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
 
 

@@ -60,7 +60,7 @@ NOT_RUN = {
         "a PostgreSQL server of yours; tests/test_sweep_workers.py joins two tune processes on one it starts"
     ),
     f"python -m {PACKAGE} cv --config configs/digits.yaml --folds 3 --trainer.max_epochs 5": (
-        "3 fits of 5 epochs; tests/test_cv.py runs a 3-fold cv of the same config end to end"
+        "3 fits of 5 epochs; tests/test_cv.py runs a 2-fold cv of the same config end to end"
     ),
     f"python -m {PACKAGE} tune --config configs/cifar10.yaml --search configs/search/cifar10.yaml "
     "--storage postgresql://user:password@db-host/optuna": "SLURM, GPUs, a PostgreSQL server and CIFAR-10",

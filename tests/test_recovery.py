@@ -24,9 +24,9 @@ import project.cli
 from project.checkpoint_io import AtomicCheckpointIO
 from project.cli import main
 from project.wandb_setup import RUN_FOLDER
-from tests.conftest import CONFIGS, REPO, cli_args, kill_when, own_wandb_service
+from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, REPO, cli_args, kill_when, own_wandb_service
 
-DIGITS = str(CONFIGS / "digits.yaml")
+DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
 STOP_AFTER_2 = "--trainer.callbacks+=tests.test_cli.StopAfterEpochs"
 # Learning rate 0 and BatchNorm statistics frozen: the weights never change, so val/acc never improves.
@@ -272,7 +272,8 @@ def test_chaos_benchmark_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(_common, "RESULTS", tmp_path / "results")
     try:
-        summary = chaos.main(["--kills", "1", "--epochs", "2", "--root", str(tmp_path / "runs")])
+        root = ["--root", str(tmp_path / "runs"), "--config", DIGITS]  # DIGITS: no pictures to draw
+        summary = chaos.main(["--kills", "1", "--epochs", "2", *root])
     finally:
         for name in ("chaos", "_common"):
             sys.modules.pop(name, None)

@@ -23,6 +23,7 @@ from project.model import ConvNet
 from project.structs import Example, Loss, Prediction
 from tests.conftest import (
     CONFIGS,
+    DIGITS_NO_VISUALS,
     REPO,
     cli_args,
     kill_when,
@@ -31,7 +32,7 @@ from tests.conftest import (
     unused_port,
 )
 
-DIGITS = str(CONFIGS / "digits.yaml")
+DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
 
 

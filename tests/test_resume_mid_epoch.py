@@ -19,9 +19,9 @@ from project.data import DigitsDataModule
 from project.data.device_augment import Augmentation
 from project.data.resumable import TrainPosition
 from project.structs import Example
-from tests.conftest import CONFIGS, REPO, kill_when, own_wandb_service
+from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, REPO, kill_when, own_wandb_service
 
-DIGITS = str(CONFIGS / "digits.yaml")
+DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
 
 

@@ -27,9 +27,9 @@ from project.cli import main
 from project.data.fake_cifar10 import TEST_BATCH, write_cifar10
 from project.errors import UserError
 from project.model import ConvNet
-from tests.conftest import CONFIGS, cli_args
+from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, cli_args
 
-DIGITS = str(CONFIGS / "digits.yaml")
+DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
 CIFAR = str(CONFIGS / "cifar10.yaml")
 SHORT = [
     "--trainer.max_epochs",
