@@ -41,12 +41,13 @@ from project.errors import CommandParser, UserError, exit_on_user_error
 from project.files import atomic_write
 from project.runs import read_json
 from project.sweep.child import TRIAL_ENV
-from project.sweep.runner import PACKAGE, last_error_line, launch_run, run_in_spare, start_spare
+from project.sweep.runner import PACKAGE, check_command, last_error_line, launch_run, start_spare
 
 PROG = f"python -m {PACKAGE} cv"
 FIT_ONLY = ("fit", "validate", "test", "predict", "--ckpt_path", "--resume")
 OURS = ("--data.init_args.folds", "--data.init_args.fold")  # set for each fold
 METRIC_PREFIXES = ("val/", "test/")
+FAILING = "the folds' fit command"  # how check_command names it in an error
 
 
 def main(args: list[str]) -> None:
@@ -113,26 +114,16 @@ def check_base(base_args: list[str], folds: int, spare: subprocess.Popen[bytes])
     """Check once, before any fold, what every fold would trip over: the fit command (as `fit
     --print_config` resolves it) and whether its pool splits into `folds` stratified folds. Both run
     in `spare` while it waits for its fold. Returns the runs root."""
-    config = yaml.safe_load(_in_spare(spare, ["fit", *fold_args(base_args, folds, 0), "--print_config"]))
+    config = yaml.safe_load(
+        check_command(spare, ["fit", *fold_args(base_args, folds, 0), "--print_config"], FAILING)
+    )
     data = config.get("data") if isinstance(config, dict) else None
     if not isinstance(data, dict) or "class_path" not in data:
         raise UserError("the folds' fit command has no data: give a config with a data: section")
     if (data.get("init_args") or {}).get("split_file") is not None:
         raise UserError("cv makes each fold's split itself: drop data.init_args.split_file")
-    _in_spare(spare, ["cv", "--folds", str(folds), "--check_pool", json.dumps(data)])
+    check_command(spare, ["cv", "--folds", str(folds), "--check_pool", json.dumps(data)], FAILING)
     return Path((config.get("trainer") or {}).get("default_root_dir") or "runs")
-
-
-def _in_spare(spare: subprocess.Popen[bytes], args: list[str]) -> str:
-    """What `python -m <package> ARGS` prints, run by the spare (by a process of its own if it died)."""
-    done = run_in_spare(spare, args) or subprocess.run(
-        [sys.executable, "-m", PACKAGE, *args], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        problem = next((ln for ln in reversed(lines) if ln.startswith("error: ")), lines[-1] if lines else "")
-        raise UserError(f"the folds' fit command fails: {problem.removeprefix('error: ')}")
-    return done.stdout
 
 
 def check_pool(data: dict[str, Any], folds: int) -> None:

@@ -17,7 +17,6 @@ import difflib
 import math
 import re
 import subprocess
-import sys
 import threading
 import warnings
 from pathlib import Path
@@ -32,9 +31,9 @@ from project.sweep.results import best_trial, write_results
 from project.sweep.runner import (
     PACKAGE,
     Sweep,
+    check_command,
     counted,
     reap_interrupted,
-    run_in_spare,
     start_spare,
     trials_left,
     work,
@@ -159,16 +158,8 @@ def base_config(base_args: list[str], spare: subprocess.Popen[bytes] | None = No
     base command is reported once, here, rather than by every trial. Run by `spare` (a trial process
     that has imported the CLI meanwhile) unless it is gone."""
     args = ["fit", *base_args, "--print_config"]
-    done = (spare and run_in_spare(spare, args)) or subprocess.run(
-        [sys.executable, "-m", PACKAGE, *args], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        problem = next(
-            (line for line in reversed(lines) if line.startswith("error: ")), lines[-1] if lines else ""
-        )
-        raise UserError(f"the base command of the trials fails: {problem.removeprefix('error: ')}")
-    config = yaml.safe_load(done.stdout)
+    printed = check_command(spare, args, "the base command of the trials")
+    config = yaml.safe_load(printed)
     return config if isinstance(config, dict) else {}
 
 

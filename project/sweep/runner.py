@@ -41,6 +41,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from project.errors import UserError
 from project.files import atomic_write
 from project.runs import read_json
 from project.sweep.child import MISSING, PRUNED_AT, TRIAL_ENV
@@ -156,6 +157,17 @@ def run_in_spare(spare: subprocess.Popen[bytes], args: list[str]) -> subprocess.
         if not code:  # it died meanwhile
             return None
         return subprocess.CompletedProcess(args, int(code), out.read_text(), err.read_text())
+
+
+def check_command(spare: subprocess.Popen[bytes] | None, args: list[str], failing: str) -> str:
+    """What `python -m <package> ARGS` prints, run by `spare` while it waits for its trial (by a process
+    of its own when there is none or it died); a failure is one UserError, `<failing> fails: <error>`."""
+    done = (spare and run_in_spare(spare, args)) or subprocess.run(
+        [sys.executable, "-m", PACKAGE, *args], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise UserError(f"{failing} fails: {error_line(done.stderr) or ''}")
+    return done.stdout
 
 
 def run_trial(
@@ -345,9 +357,15 @@ def _start_time(pid: int) -> int | None:
 def last_error_line(log: Path) -> str | None:
     """The error line a failed trial printed last (the CLI's `error: ...`, or a traceback's last line)."""
     try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        return error_line(log.read_text(errors="replace"))
     except OSError:
         return None
+
+
+def error_line(output: str) -> str | None:
+    """The error a command printed last: its last `error: ...` line (without the prefix), else its
+    last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
     if errors:
         return errors[-1]
