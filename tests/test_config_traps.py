@@ -20,7 +20,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from project.callbacks import NonFiniteLossGuard, RNGState
 from project.cli import main
-from tests.conftest import CONFIGS, cli_args, only_run_dir
+from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, cli_args, only_run_dir
 
 DIGITS = str(CONFIGS / "digits.yaml")
 FAST_DEV_RUN = str(CONFIGS / "debug" / "fast_dev_run.yaml")
@@ -33,12 +33,9 @@ REPLACED = "trainer.callbacks replaces the default callbacks"
 
 
 @pytest.fixture
-def digits(tmp_path: Path) -> str:
+def digits() -> str:
     """configs/digits.yaml without its plotting callbacks (seconds per test), under the same name."""
-    path = tmp_path / "experiments" / "digits.yaml"
-    path.parent.mkdir()
-    path.write_text((CONFIGS / "digits.yaml").read_text().replace("callbacks+: visuals.yaml", ""))
-    return str(path)
+    return str(DIGITS_NO_VISUALS)
 
 
 @pytest.fixture
