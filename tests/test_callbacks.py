@@ -1,5 +1,5 @@
 """Visualization callbacks: the top-k merge, binning, drawing, the epoch life cycle, the real W&B and
-TensorBoard outputs, and equality of a 2-process DDP run with a 1-process run."""
+TensorBoard outputs (equality of a 2-process DDP run with a 1-process run: tests/test_distributed.py)."""
 
 from __future__ import annotations
 
@@ -440,44 +440,3 @@ def test_without_wandb_pngs_are_written_and_tensorboard_gets_the_figures(
     assert {f"{stage}/{name}" for stage in ("val", "test") for name in FIGURES} <= set(images)
     # Of the 2 validation epochs only the last is drawn under val/ (the best, if earlier, under val/best/).
     assert images["val/confusion_matrix"] == 1
-
-
-# ---- DDP: 2 processes give what 1 process gives ------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_ddp_on_two_processes_matches_one_process(runs_dir: Path) -> None:
-    """Same checkpoint, same validation set (101 samples: the 2 shards differ in size): the 2-rank run
-    logs the same top-k/bottom-k dataset indices, confusion matrix and ECE as the 1-rank run."""
-    fit = main(
-        cli_args("fit", "--config", DIGITS, "--config", LIMIT, "--run_name", "base",
-                 "--trainer.max_epochs", "1", "--test_after_fit", "false",
-                 runs_dir=runs_dir)  # only its checkpoint is used
-    )  # fmt: skip
-    assert fit is not None
-    checkpoint = str(runs_dir / "base" / "checkpoints" / "last.ckpt")
-    common = ["validate", "--config", DIGITS, "--ckpt_path", checkpoint, "--data.init_args.dev_subset", "101",
-              "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(runs_dir)]  # fmt: skip
-    assert main([*common, "--run_name", "one", "--trainer.devices", "1"]) is not None  # in this process
-    result = subprocess.run(
-        [sys.executable, "-m", "project", *common, "--run_name", "two", "--trainer.devices", "2",
-         "--trainer.strategy", "ddp"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    def outputs(name: str) -> tuple[Any, Any, Any]:
-        folder = runs_dir / name / "plots" / "val" / "last"  # named after the checkpoint validated
-        table = json.loads((folder / "top_k_table.json").read_text())
-        sets = {s: [row["index"] for row in table if row["set"] == s] for s in ("top_k", "bottom_k")}
-        counts = json.loads((folder / "confusion_matrix.json").read_text())["counts"]
-        ece = json.loads((folder / "uncertainty.json").read_text())["ece"]
-        return sets, counts, ece
-
-    one, two = outputs("one"), outputs("two")
-    assert two[0] == one[0]
-    assert two[1] == one[1] and sum(map(sum, two[1])) == 101  # every sample counted exactly once
-    assert two[2] == pytest.approx(one[2], abs=1e-6)
-    assert len(list((runs_dir / "two" / "wandb").glob("offline-run-*"))) == 1  # one W&B run for both ranks
-    metrics = [json.loads((runs_dir / n / "metrics.json").read_text()) for n in ("one", "two")]
-    assert metrics[1]["val/acc"] == pytest.approx(metrics[0]["val/acc"], abs=1e-6)

@@ -20,7 +20,8 @@ from project.errors import UserError
 from project.run_dir import resolve_run_dir
 from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, REPO, cli_args, own_wandb_service, unused_port
 
-DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
+DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: looked at in one test only
+VISUALS_DIGITS = str(CONFIGS / "digits.yaml")
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
 DDP = str(CONFIGS / "ddp.yaml")
 TRAIN_ON = ["--config", DIGITS, "--config", LIMIT, "--config", DDP, "--trainer.accelerator", "cpu",
@@ -57,11 +58,15 @@ def records(run_dir: Path, world_size: int) -> list[dict[str, object]]:
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(runs_dir: Path) -> None:
-    """One run directory, one W&B run, data prepared once, the same split and weights on both ranks,
-    and validation metrics equal to a 1-process validate of the same checkpoint."""
+    """One run directory, one W&B run, data prepared once, the same split and weights on both ranks;
+    and the last validation epoch (101 samples: the 2 shards differ in size, 51 and 50) logs the metrics,
+    top-k/bottom-k dataset indices, confusion matrix and ECE that a 1-process validate of last.ckpt logs."""
+    subset = ["--data.init_args.dev_subset", "101"]
+    with_visuals = [VISUALS_DIGITS if arg == DIGITS else arg for arg in TRAIN_ON]
     result = subprocess.run(
-        [sys.executable, "-m", "project", "fit", *TRAIN_ON, "--trainer.devices", "2", "--run_name", "ddp",
-         "--data", "tests.test_distributed.CountingDigits", "--trainer.default_root_dir", str(runs_dir)],
+        [sys.executable, "-m", "project", "fit", *with_visuals, *subset,
+         "--trainer.devices", "2", "--run_name", "ddp", "--data", "tests.test_distributed.CountingDigits",
+         "--trainer.default_root_dir", str(runs_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=600, env=own_wandb_service(),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -74,15 +79,27 @@ def test_ddp_on_two_cpu_processes(runs_dir: Path) -> None:
     assert rank0["world_size"] == 2 and rank0 == rank1  # same split, same weights
     assert json.loads((run_dir / "split.json").read_text())["val"] == rank0["val"]
 
-    ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
-    last = str(run_dir / "checkpoints" / "last.ckpt")
-    single = main(cli_args("validate", "--config", DIGITS, "--ckpt_path", last, runs_dir=runs_dir))
+    last = str(run_dir / "checkpoints" / "last.ckpt")  # the weights of the last validation epoch
+    single = main(
+        cli_args("validate", "--config", VISUALS_DIGITS, *subset, "--ckpt_path", last, runs_dir=runs_dir)
+    )
     assert single is not None
-    single_metrics = json.loads((single.run_dir / "metrics.json").read_text())
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (run_dir, single.run_dir)]
     for key in ("val/acc", "val/f1"):  # torchmetrics states summed over ranks: exact
-        assert ddp_metrics[key] == pytest.approx(single_metrics[key], abs=1e-7), key
-    # Loss means of two equal shards (144 + 144 samples), averaged over ranks: equal up to rounding.
-    assert ddp_metrics["val/loss"] == pytest.approx(single_metrics["val/loss"], abs=1e-6)
+        assert metrics[0][key] == pytest.approx(metrics[1][key], abs=1e-7), key
+    # (val/loss is Lightning's mean of the two ranks' means: over shards of 51 and 50, not the 101's mean.)
+
+    def visuals(folder: Path) -> tuple[object, object, object]:
+        table = json.loads((folder / "top_k_table.json").read_text())
+        sets = {s: [row["index"] for row in table if row["set"] == s] for s in ("top_k", "bottom_k")}
+        counts = json.loads((folder / "confusion_matrix.json").read_text())["counts"]
+        return sets, counts, json.loads((folder / "uncertainty.json").read_text())["ece"]
+
+    two = visuals(run_dir / "plots" / "val" / "epoch_1")  # LIMIT's 2 epochs: epoch_1 is the last
+    one = visuals(single.run_dir / "plots" / "val" / "last")  # named after the checkpoint validated
+    assert two[0] == one[0]
+    assert two[1] == one[1] and sum(map(sum, two[1])) == 101  # every sample counted exactly once
+    assert two[2] == pytest.approx(one[2], abs=1e-6)
 
 
 @pytest.mark.slow
