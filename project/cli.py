@@ -24,6 +24,7 @@ from typing import Any
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from project.callbacks.run_status import RunStatus
 from project.checkpoint_io import check_ckpt_path
 from project.data import ClassificationDataModule
 from project.errors import UserError
@@ -104,8 +105,17 @@ class ProjectCLI(LightningCLI):
                     f"--ckpt_path use a checkpoint trained on this dataset"
                 )
 
+    def _tests_after_fit(self) -> bool:
+        return bool(self.config.fit.test_after_fit and getattr(self.datamodule, "has_test_split", False))
+
+    def before_fit(self) -> None:
+        if self._tests_after_fit():  # the run is finished when its test is
+            for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+                if isinstance(callback, RunStatus):
+                    callback.last_stage = "test"
+
     def after_fit(self) -> None:
-        if self.config.fit.test_after_fit and getattr(self.datamodule, "has_test_split", False):
+        if self._tests_after_fit():
             best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")  # 1st ModelCheckpoint
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 

@@ -370,5 +370,31 @@ def test_run_status_records_a_failure(tmp_path: Path) -> None:
     assert record["epochs"] == 0 and record["ended"] is not None
 
 
+class StatusWhenTheFitEnds(pl.Callback):
+    """Notes what run.json says once the fit stage has ended (RunStatus, a default callback, wrote first)."""
+
+    seen: list[str] = []
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.seen.append(_record(Path(trainer.default_root_dir)).get("status", "none"))
+
+
+@pytest.mark.slow  # two runs through the CLI
+def test_a_fit_with_a_test_after_it_is_finished_when_the_test_is(tmp_path: Path) -> None:
+    """Killed between its fit and its test, a run is not finished (`cv` would count a fold that has
+    no test metrics); without a test after it, the fit's end finishes it."""
+    config = tmp_path / "small.yaml"
+    config.write_text(SMALL)
+    StatusWhenTheFitEnds.seen.clear()
+    for name, test_after_fit in (("fit_and_test", "true"), ("fit_only", "false")):
+        args = ["--run_name", name, "--test_after_fit", test_after_fit]
+        probe = "--trainer.callbacks+=tests.test_runs.StatusWhenTheFitEnds"
+        assert project_main(cli_args("fit", "--config", str(config), probe, *args, runs_dir=tmp_path))
+    assert StatusWhenTheFitEnds.seen == ["running", "finished"]
+    assert [_record(tmp_path / name)["status"] for name in ("fit_and_test", "fit_only")] == ["finished"] * 2
+    assert "test/acc" in json.loads((tmp_path / "fit_and_test" / "metrics.json").read_text())
+
+
 def _seconds(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()

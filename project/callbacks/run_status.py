@@ -5,7 +5,8 @@ run is going, finished or failed, since when and for how long; `python -m projec
      "updated": "2026-12-02T19:39:05+00:00", "ended": "2026-12-02T19:39:05+00:00",
      "wall_s": 23.1, "epochs": 10, "segments": 1, "error": null}
 
-status: "running" from the start of the command, then "finished", "failed" (with the first line of
+status: "running" from the start of the command (through every stage of it: a fit's test after it
+included), then "finished", "failed" (with the first line of
 the exception as `error`) or "interrupted" (Ctrl-C, SIGTERM). A run killed outright (SIGKILL, out of
 memory, a lost node) cannot say so: its file stays "running", and `runs` tells it from a live one by
 the run directory's `.lock`, which the operating system releases when the holder dies.
@@ -48,6 +49,10 @@ class RunStatus(pl.Callback):
         self._segment_start = 0.0  # time.monotonic() at that start
         self._earlier_wall_s = 0.0  # the wall time of the run's earlier segments (before a resume)
         self._last_write = 0.0
+        # The stage whose end finishes the command, when another follows the first in this process:
+        # the CLI sets "test" for a fit with its test after it (a run killed between the two is not
+        # finished: `cv` would count a fold without test metrics). None: any stage's end.
+        self.last_stage: str | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._record is None:
@@ -67,7 +72,10 @@ class RunStatus(pl.Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Lightning calls teardown only when the stage succeeded (on_exception otherwise).
-        self._write(trainer, "finished", ended=True, epochs=_fit_epochs(trainer))
+        if self.last_stage in (None, stage):
+            self._write(trainer, "finished", ended=True, epochs=_fit_epochs(trainer))
+        else:
+            self._write(trainer, "running", epochs=_fit_epochs(trainer))
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
