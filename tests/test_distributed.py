@@ -89,7 +89,7 @@ def test_ddp_on_two_cpu_processes(runs_dir: Path) -> None:
         assert metrics[0][key] == pytest.approx(metrics[1][key], abs=1e-7), key
     # (val/loss is Lightning's mean of the two ranks' means: over shards of 51 and 50, not the 101's mean.)
 
-    def visuals(folder: Path) -> tuple[object, object, object]:
+    def visuals(folder: Path) -> tuple[dict[str, list[int]], list[list[int]], float]:
         table = json.loads((folder / "top_k_table.json").read_text())
         sets = {s: [row["index"] for row in table if row["set"] == s] for s in ("top_k", "bottom_k")}
         counts = json.loads((folder / "confusion_matrix.json").read_text())["counts"]
