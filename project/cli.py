@@ -105,17 +105,18 @@ class ProjectCLI(LightningCLI):
                     f"--ckpt_path use a checkpoint trained on this dataset"
                 )
 
-    def _tests_after_fit(self) -> bool:
+    def tests_after_fit(self) -> bool:
+        """Whether this process tests the fit's best checkpoint after the fit (`--test_after_fit`)."""
         return bool(self.config.fit.test_after_fit and getattr(self.datamodule, "has_test_split", False))
 
     def before_fit(self) -> None:
-        if self._tests_after_fit():  # the run is finished when its test is
+        if self.tests_after_fit():  # the run is finished when its test is
             for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
                 if isinstance(callback, RunStatus):
                     callback.last_stage = "test"
 
     def after_fit(self) -> None:
-        if self._tests_after_fit():
+        if self.tests_after_fit():
             best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")  # 1st ModelCheckpoint
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 

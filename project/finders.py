@@ -86,8 +86,8 @@ class FinderCLI(ProjectCLI):
     ) -> dict[str, Any]:
         raise NotImplementedError
 
-    def after_fit(self) -> None:  # ProjectCLI's tests the best checkpoint; a finder trained none
-        pass
+    def tests_after_fit(self) -> bool:  # ProjectCLI tests the best checkpoint; a finder trained none
+        return False
 
 
 class LRFinderCLI(FinderCLI):

@@ -54,6 +54,7 @@ def test_lr_find_writes_plot_and_suggestion_and_prints_the_override(
     assert (run_dir / "lr_find.png").stat().st_size > 10_000
     assert digest(DIGITS) == before  # the user's config is left as it was
     assert not list(run_dir.glob(".lr_find*.ckpt")) and not (run_dir / "checkpoints").exists()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"  # no test follows it
     # `runs` lists it as what it was: a finder's run, not a finished training run.
     (row,) = [line for line in runs_command([str(runs_dir)]).splitlines() if run_dir.name in line]
     assert row.split()[-1] == "lr_find", row
