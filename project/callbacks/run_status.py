@@ -5,11 +5,11 @@ run is going, finished or failed, since when and for how long; `python -m projec
      "updated": "2026-12-02T19:39:05+00:00", "ended": "2026-12-02T19:39:05+00:00",
      "wall_s": 23.1, "epochs": 10, "segments": 1, "error": null}
 
-status: "running" from the start of the command (through every stage of it: a fit's test after it
-included), then "finished", "failed" (with the first line of
-the exception as `error`) or "interrupted" (Ctrl-C, SIGTERM). A run killed outright (SIGKILL, out of
-memory, a lost node) cannot say so: its file stays "running", and `runs` tells it from a live one by
-the run directory's `.lock`, which the operating system releases when the holder dies.
+status: "running" from the start of the command through each of its stages (a fit's test after it
+included), then "finished", "failed" (with the first line of the exception as `error`) or
+"interrupted" (Ctrl-C, SIGTERM). A run killed outright (SIGKILL, out of memory, a lost node) cannot say
+so: its file stays "running", and `runs` tells it from a live one by the run directory's `.lock`,
+which the operating system releases when the holder dies.
 
 `wall_s` is the time spent in the Trainer (from its setup to the end of the last stage, the test
 after a fit included; the command's start-up before it, imports and parsing, is left out). A resumed
