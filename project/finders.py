@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import warnings
 from collections.abc import Sized
 from typing import Any
 
@@ -38,11 +39,19 @@ BATCH_KEY = "data.init_args.batch_size"
 
 
 def lr_find(args: list[str]) -> ProjectCLI | None:
-    return main(["fit", *args], cli_class=LRFinderCLI)
+    return run_finder(args, LRFinderCLI)
 
 
 def scale_batch_size(args: list[str]) -> ProjectCLI | None:
-    return main(["fit", *args], cli_class=BatchSizeFinderCLI)
+    return run_finder(args, BatchSizeFinderCLI)
+
+
+def run_finder(args: list[str], cli_class: type[FinderCLI]) -> ProjectCLI | None:
+    with warnings.catch_warnings():
+        # These args are the finder's command line (sys.argv: `lr_find ...`), parsed as `fit`'s. Lightning
+        # warns whenever it is given args while sys.argv holds any: a guard for another mistake.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return main(["fit", *args], cli_class=cli_class)
 
 
 class FinderCLI(ProjectCLI):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,10 +38,15 @@ def digest(path: str) -> str:
 
 @pytest.mark.slow
 def test_lr_find_writes_plot_and_suggestion_and_prints_the_override(
-    runs_dir: Path, capsys: pytest.CaptureFixture[str]
+    runs_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = digest(DIGITS)
-    lr_find(finder_args(runs_dir, "--num_training", "40", "--min_lr", "1e-6"))
+    args = finder_args(runs_dir, "--num_training", "40", "--min_lr", "1e-6")
+    monkeypatch.setattr(sys, "argv", ["python -m project", "lr_find", *args])  # as __main__ is called
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lr_find(args)
+    assert not [w for w in caught if "args parameter" in str(w.message)]  # no warning about its own args
     out = capsys.readouterr().out
     run_dir = only_run_dir(runs_dir)
     assert "lr_find" in run_dir.name
