@@ -21,6 +21,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+# The machine's temporary folder, before the session moves tempfile's into its own (below): other users
+# can reach it (the PostgreSQL test's server runs as `postgres`).
+SYSTEM_TEMP = Path(tempfile.gettempdir())
 
 # configs/digits.yaml without its visual callbacks, for the tests that look at no picture: each drawn
 # epoch costs ~1 s of a 2-core CPU, most of a short test fit. Everything else (W&B, checkpoints, the
@@ -43,6 +46,16 @@ def _offline_wandb(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["WANDB_CONFIG_DIR"] = str(home / "config")
     os.environ["WANDB_CACHE_DIR"] = str(home / "cache")
     os.environ["WANDB_DATA_DIR"] = str(home / "data")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_in_the_session_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Temporary files go under this session's pytest folder (pytest keeps the last three), not /tmp:
+    the subprocesses' (inherited TMPDIR), and this process's from here on. What a run that a test kills
+    leaves there (W&B's media folders, torchrun's) then goes with the session."""
+    folder = tmp_path_factory.mktemp("tmp")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = str(folder)
 
 
 # Set by pytest-xdist in its workers (`make test` runs two): each then gets one core's share.

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import CONFIGS, own_wandb_service, unused_port
+from tests.conftest import CONFIGS, SYSTEM_TEMP, own_wandb_service, unused_port
 from tests.test_sweep import GOOD, plain, trials_csv, tune, write_search
 
 # A trial that is itself a DDP run of two CPU processes (gloo), as the README's DDP command starts.
@@ -115,11 +115,11 @@ def test_two_workers_share_a_study_on_sqlite(tmp_path: Path) -> None:
 def postgres() -> Iterator[str]:
     """A real PostgreSQL server in a temporary folder on 127.0.0.1, stopped and removed afterwards.
     PostgreSQL refuses to run as root: there it runs as the `postgres` user, in a folder of its own
-    (pytest's temporary folders are private to root)."""
+    (pytest's temporary folders, and this session's tempfile folder, are private to root)."""
     if not all(shutil.which(name) for name in ("initdb", "pg_ctl")):
         pytest.skip("PostgreSQL's initdb and pg_ctl are not on PATH")
     as_user: list[str] = []
-    folder = Path(tempfile.mkdtemp(prefix="pg-"))
+    folder = Path(tempfile.mkdtemp(prefix="pg-", dir=SYSTEM_TEMP))
     if os.geteuid() == 0:
         try:
             owner = pwd.getpwnam("postgres")
