@@ -121,7 +121,7 @@ def test_fit_on_digits_end_to_end(tmp_path: Path) -> None:
     logged = summary["summary"]
     assert isinstance(logged, dict)
     assert logged["val/acc"] == pytest.approx(metrics["val/acc"], abs=1e-6)
-    assert {"train/loss_epoch", "train/acc", "val/f1", "test/acc"} <= set(logged)
+    assert {"train/loss", "train/acc", "val/f1", "test/acc"} <= set(logged)
     # metadata.json: the command as typed (tests/test_run_metadata.py checks the rest), in W&B too.
     (entry,) = json.loads((run_dir / "metadata.json").read_text())["segments"]
     typed = ["-m", "project", "fit", "--config", DIGITS, "--trainer.max_epochs", "10"]
@@ -163,7 +163,7 @@ def test_resume_with_ckpt_path_last_continues_in_the_same_run(runs_dir: Path) ->
     assert (run_dir / "config.fit.2.yaml").is_file()
     assert (run_dir / "csv" / "version_0" / "metrics.csv").read_text() == first_csv
     with open(run_dir / "csv" / "version_1" / "metrics.csv") as f:
-        trained_epochs = {row["epoch"] for row in csv.DictReader(f) if row["train/loss_epoch"]}
+        trained_epochs = {row["epoch"] for row in csv.DictReader(f) if row["train/loss"]}
     assert trained_epochs == {"2"}
     assert json.loads((run_dir / "metrics.json").read_text())["epoch"] == 3
 

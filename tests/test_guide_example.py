@@ -50,7 +50,7 @@ def test_the_guide_runs_end_to_end_through_the_cli(runs_dir: Path) -> None:
             assert f"{stage}/{key}" in metrics, f"{stage}/{key}"
     assert metrics["val/parity_acc"] > 0.6
     summary = read_wandb_summary(cli.run_dir)["summary"]
-    assert isinstance(summary, dict) and "train/loss/parity_epoch" in summary
+    assert isinstance(summary, dict) and "train/loss/parity" in summary
     # The variant's own argument is saved, so the checkpoint loads with no extra arguments.
     restored = TwoHeadNet.load_from_checkpoint(cli.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert restored.hparams["parity_weight"] == 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,51 @@ def test_epoch_metrics_cover_exactly_that_epoch(tmp_path: Path) -> None:
         correct = sum(int((model(b).pred == b.require_label()).sum()) for b in batches)
     expected = correct / sum(len(b) for b in batches)
     assert float(trainer.callback_metrics["val/acc"]) == pytest.approx(expected, abs=1e-6)
+
+
+class RecordedLosses(ConvNet):
+    """Notes every training step's loss and batch size, and logs a probe on every step: Lightning writes
+    the probe on the steps its loggers write."""
+
+    def __init__(self) -> None:
+        super().__init__(10, (1, 8, 8))
+        self.steps: list[tuple[int, float, int]] = []  # (epoch, loss, batch size)
+
+    def training_step(self, batch: Example, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.steps.append((self.current_epoch, float(loss.detach()), len(batch)))
+        self.log("probe", float(len(self.steps)), on_step=True, on_epoch=False)
+        return loss
+
+
+@pytest.mark.slow  # trains for more than one epoch
+def test_losses_are_logged_on_the_written_steps_and_as_epoch_means(tmp_path: Path) -> None:
+    """The step loss is logged exactly on the steps Lightning's loggers write (every log_every_n_steps),
+    with that step's value; train/loss and val/loss are the epoch's means over samples (batches of 8,
+    8, ..., 4: a mean of batch means would differ)."""
+    model = RecordedLosses()
+    logger = pl.loggers.CSVLogger(tmp_path, name="csv")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, accelerator="cpu", max_epochs=2, logger=logger, log_every_n_steps=4,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    val = tiny_loader(20)
+    trainer.fit(model, train_dataloaders=tiny_loader(44), val_dataloaders=val)  # 6 batches an epoch
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    probed = [(row["step"], float(row["probe"])) for row in rows if row["probe"]]
+    written = [(row["step"], float(row["train/loss_step"])) for row in rows if row["train/loss_step"]]
+    assert len(written) == 12 // 4 and [step for step, _ in written] == [step for step, _ in probed]
+    for (_, probe), (_, value) in zip(probed, written, strict=True):
+        assert value == pytest.approx(model.steps[int(probe) - 1][1], rel=1e-6)  # that step's own loss
+    last_epoch = [(loss, n) for epoch, loss, n in model.steps if epoch == 1]
+    assert [n for _, n in last_epoch] == [8, 8, 8, 8, 8, 4]
+    expected = sum(loss * n for loss, n in last_epoch) / 44
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
+    model.eval()
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(model(b).logits, b.require_label(), reduction="sum") for b in val]
+    assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(float(sum(losses)) / 20, rel=1e-5)
 
 
 def test_load_from_checkpoint_needs_no_arguments(tmp_path: Path) -> None:

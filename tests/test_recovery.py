@@ -50,7 +50,7 @@ def epoch_of(checkpoint: Path) -> int:
 
 def trained_epochs(run_dir: Path, version: int) -> set[int]:
     with open(run_dir / "csv" / f"version_{version}" / "metrics.csv") as f:
-        return {int(row["epoch"]) for row in csv.DictReader(f) if row.get("train/loss_epoch")}
+        return {int(row["epoch"]) for row in csv.DictReader(f) if row.get("train/loss")}
 
 
 def start(args: list[str]) -> subprocess.Popen[bytes]:
