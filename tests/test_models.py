@@ -219,7 +219,10 @@ def test_losses_are_logged_on_the_written_steps_and_as_epoch_means(tmp_path: Pat
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
     model.eval()
     with torch.no_grad():
-        losses = [torch.nn.functional.cross_entropy(model(b).logits, b.require_label(), reduction="sum") for b in val]
+        losses = [
+            torch.nn.functional.cross_entropy(model(b).logits, b.require_label(), reduction="sum")
+            for b in val
+        ]
     assert float(trainer.callback_metrics["val/loss"]) == pytest.approx(float(sum(losses)) / 20, rel=1e-5)
 
 

@@ -88,9 +88,7 @@ def test_autoencoder_config_logs_every_term(runs_dir: Path) -> None:
     )
     summary = read_wandb_summary(cli.run_dir)["summary"]
     assert isinstance(summary, dict)
-    assert {"train/loss/ce", "train/loss/recon", "val/loss/recon", "val/recon_mae"} <= set(
-        summary
-    )
+    assert {"train/loss/ce", "train/loss/recon", "val/loss/recon", "val/recon_mae"} <= set(summary)
 
 
 @pytest.mark.slow

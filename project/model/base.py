@@ -214,7 +214,9 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         # Lightning spends ~0.7 ms on every `self.log` call on a CPU, as much as a whole small-model step:
         # a step's loss is logged only when the loggers write it; epoch means come from `loss_means`.
         if stage == "train" and self._step_is_written():
-            self.log_dict({f"{name}_step": value for name, value in losses.items()}, on_step=True, on_epoch=False)
+            self.log_dict(
+                {f"{name}_step": value for name, value in losses.items()}, on_step=True, on_epoch=False
+            )
         return prediction, loss
 
     def _step_is_written(self) -> bool:
