@@ -75,3 +75,35 @@ def test_test_plots_are_filed_under_the_checkpoint_tested(tmp_path: Path) -> Non
     assert tested == "best-epoch000"
     assert sorted(p.name for p in (tmp_path / "plots/test").iterdir()) == [tested]
     assert (tmp_path / "plots/test" / tested / "reliability.png").is_file()
+
+
+def test_uncertainty_figures_keep_every_text_on_the_canvas() -> None:
+    """Their margins are fixed (no layout engine, for speed): with the longest labels they get (tick labels
+    like 1.2e-07, six-digit sample counts) no text leaves the canvas, and the title, axis labels and tick
+    labels around the axes overlap neither each other nor the axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    confidence, correct, entropy = confident_batch()
+    tiny = [b | {"entropy": 1.2345e-07 * (i + 1)} for i, b in enumerate(entropy_bins(entropy, correct, 10))]
+    figures = [
+        plot_error_vs_entropy(tiny, total=123_456),
+        plot_reliability(reliability_bins(confidence, correct, 10), ece=0.123, num_bins=10, min_count=100),
+    ]
+    for fig in figures:
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        (ax,) = fig.axes
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        ticks = [t for t in ax.get_xticklabels() if x0 <= t.get_position()[0] <= x1]
+        ticks += [t for t in ax.get_yticklabels() if y0 <= t.get_position()[1] <= y1]  # the ones drawn
+        outer = [ax.title, ax.xaxis.label, ax.yaxis.label, *ticks]
+        inner = [*ax.texts, *(legend.texts if (legend := ax.get_legend()) else [])]
+        for text in outer + inner:
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, (
+                text
+            )
+        boxes = [text.get_window_extent(renderer) for text in outer if text.get_text()]
+        assert not any(box.overlaps(ax.bbox) for box in boxes)
+        assert not any(a.overlaps(b) for n, a in enumerate(boxes) for b in boxes[n + 1 :])

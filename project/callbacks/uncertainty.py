@@ -152,8 +152,15 @@ class UncertaintyPlots(EpochCallback):
         )
 
 
+# Margins of both 5 x 4 inch figures, fixed: a layout engine would measure every text again at each draw,
+# more than half of the drawing time. Room for the y tick labels and label, the title, and below the
+# axes the x label (and the entropy plot's rotated tick labels, at most "1.3e-07" long).
+MARGINS = {"left": 0.13, "right": 0.97, "top": 0.92}
+
+
 def plot_error_vs_entropy(bins: list[dict[str, float]], total: int):  # type: ignore[no-untyped-def]
-    fig = new_figure()
+    fig = new_figure(layout=None)
+    fig.subplots_adjust(bottom=0.2, **MARGINS)
     ax = fig.subplots()
     # By rank, not by entropy value: equal-count bins stay apart on a confident model.
     ranks = [b["rank"] for b in bins]
@@ -171,7 +178,8 @@ def plot_error_vs_entropy(bins: list[dict[str, float]], total: int):  # type: ig
 def plot_reliability(  # type: ignore[no-untyped-def]
     bins: list[dict[str, float]], ece: float, num_bins: int, min_count: int = 10
 ):
-    fig = new_figure()
+    fig = new_figure(layout=None)
+    fig.subplots_adjust(bottom=0.12, **MARGINS)
     ax = fig.subplots()
     width = 1.0 / num_bins
     few = [b["count"] < min_count for b in bins]
