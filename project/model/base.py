@@ -223,8 +223,10 @@ class BaseModel(pl.LightningModule, Generic[E, P]):
         """Whether the loggers write this training step's values: Lightning writes them after every
         `trainer.log_every_n_steps`-th optimizer step (this step is number global_step + 1), and after
         every step of a fast_dev_run."""
-        every = self.trainer.log_every_n_steps
-        return bool(self.trainer.fast_dev_run) or (every > 0 and (self.global_step + 1) % every == 0)
+        # Both are set on the Trainer by its connectors at run time, not declared on the class.
+        every = int(getattr(self.trainer, "log_every_n_steps", 0))
+        fast_dev_run = bool(getattr(self.trainer, "fast_dev_run", False))
+        return fast_dev_run or (every > 0 and (self.global_step + 1) % every == 0)
 
     def _log_metrics(self, stage: Stage) -> None:
         """Log the epoch's losses and metrics and start afresh. torchmetrics' compute() syncs across
