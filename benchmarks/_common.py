@@ -1,8 +1,8 @@
 """What every benchmark shares: a quiet, reproducible setting and one way to report.
 
 Every figure is a ratio (or a side by side) of two things measured in the same run, alternating
-between them, as the median of repeats: the machine is shared and noisy, absolute times are not
-comparable across runs, ratios mostly are.
+between them, as the median of repeats (`paired`: the median of per-repeat ratios): the machine is
+shared and noisy, absolute times are not comparable across runs, ratios mostly are.
 """
 
 from __future__ import annotations
@@ -38,6 +38,17 @@ def machine() -> str:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
+
+
+def paired(values: list[float], baseline: list[float]) -> str:
+    """The median of the per-repeat ratios values[i] / baseline[i], with their min-max: each pair was
+    measured seconds apart, so a machine whose speed drifts between repeats moves both, not the ratio."""
+    ratios = [value / base for value, base in zip(values, baseline, strict=True)]
+    return f"{median(ratios):.2f} ({spread(ratios, 2)})"
 
 
 def report(name: str, rows: list[dict[str, Any]], columns: list[str], note: str = "") -> None:

@@ -126,3 +126,17 @@ def test_the_raw_loop_trains_the_demo_net_on_the_demo_runs_split(tmp_path: Path)
     assert [p.shape for p in raw_loop.net().parameters()] == [p.shape for p in ours.parameters()]
     reached = raw_loop.main(str(tmp_path / "split.json"), target=0.9)
     assert reached["val_acc"] >= 0.9 and 1 <= reached["epochs"] < raw_loop.EPOCHS
+
+
+def test_ratios_pair_each_repeat_with_its_neighbour_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """demo.py's and time_to_accuracy.py's ratios are the median of per-repeat ratios with their
+    min-max: a machine that slows down from one repeat to the next moves both runs of a pair, not
+    their ratio."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from _common import paired
+
+    demo_times, raw_times = [10.0, 20.0, 30.0], [5.0, 10.0, 15.0]  # every pair is 2.0x
+    assert paired(demo_times, raw_times) == "2.00 (2.00-2.00)"
+    assert paired([10.0, 40.0, 30.0], [5.0, 10.0, 20.0]) == "2.00 (1.50-4.00)"
+    with pytest.raises(ValueError):  # unpaired lists are a bug, not a ratio
+        paired([1.0, 2.0], [1.0])
