@@ -31,6 +31,7 @@ from project.data.device_loader import DeviceBatches
 from project.errors import UserError
 from project.files import atomic_write
 from project.model.base import BaseModel, built_class
+from project.parser import ProjectArgumentParser
 from project.run_dir import start_run, warn_about_callbacks
 
 LR_KEY = "model.init_args.optimizer.init_args.lr"
@@ -59,6 +60,16 @@ class FinderCLI(ProjectCLI):
     the CLI's own method of a subcommand's name when there is one)."""
 
     command: str  # the run directory's name part and the result file's stem
+    description: str  # what --help says the command does
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        # Parsed as `fit` (run_finder), but --help and error messages name the command the user typed.
+        shown = f"python -m project {self.command}"
+        parser.usage = f"{shown} [--config FILE]... [--KEY VALUE]... [--print_config]"
+        parser.description = self.description
+        if isinstance(parser, ProjectArgumentParser):
+            parser.command = shown
 
     def before_instantiate_classes(self) -> None:
         config = self.config.fit
@@ -101,6 +112,10 @@ class FinderCLI(ProjectCLI):
 
 class LRFinderCLI(FinderCLI):
     command = "lr_find"
+    description = (
+        "Sweeps the learning rate over a few training steps (Lightning's Tuner.lr_find) on the model, data "
+        "and Trainer `fit` would build, and prints the override to train with."
+    )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
@@ -176,6 +191,10 @@ def steepest_fall(losses: list[float], skip_begin: int = 10, skip_end: int = 1) 
 
 class BatchSizeFinderCLI(FinderCLI):
     command = "scale_batch_size"
+    description = (
+        "Doubles the batch size while a few training steps still fit in memory (Lightning's "
+        "Tuner.scale_batch_size) on the model, data and Trainer `fit` would build, and prints the override."
+    )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)

@@ -278,7 +278,7 @@ def explain(
     if match := UNKNOWN_OPTION.search(message):
         option = match.group(1) or match.group(2)
         known = [action.dest for action in getattr(parser, "_actions", []) if "." in action.dest]
-        command = parser.prog.rsplit(" ", 1)[-1]
+        command = (getattr(parser, "command", None) or parser.prog).rsplit(" ", 1)[-1]
         return f"{option} is not an option of `{command}`{_suggest(option, known)}"
     if match := PLAIN_TYPE.search(message):
         expected, value = match.groups()
@@ -340,6 +340,7 @@ class ProjectArgumentParser(LightningArgumentParser):
         return str(super().dump(without_default_nulls(namespace), *args, **kwargs))
 
     reading: str | None = None  # the --config file being parsed: its YAML errors only say "<unicode string>"
+    command: str | None = None  # the command line that shows this parser's --help, where prog is not it
 
     def parse_path(self, path: Any, *args: Any, **kwargs: Any) -> Any:
         self.reading = str(path)
@@ -353,7 +354,8 @@ class ProjectArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         sys.stderr.write(f"error: {explain(message, parser, self.reading, ex)}\n")
-        sys.stderr.write(f"All options: {parser.prog.replace(' [options]', '')} --help\n")
+        command = getattr(parser, "command", None) or parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"All options: {command} --help\n")
         raise SystemExit(2)
 
 

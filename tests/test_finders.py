@@ -8,6 +8,7 @@ import math
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -136,3 +137,22 @@ def test_lr_find_refuses_in_one_line_and_writes_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert problem in err[-1] and err[-1].startswith("error: "), err
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+@pytest.mark.parametrize("finder, command", [(lr_find, "lr_find"), (scale_batch_size, "scale_batch_size")])
+def test_finder_help_and_errors_name_the_finder_not_fit(
+    finder: Any, command: str, runs_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finder is parsed as `fit`, but its --help and its errors speak of the command the user typed."""
+    with pytest.raises(SystemExit) as exit_info:
+        finder(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m project {command} [--config FILE]")
+    assert "Lightning's Tuner" in out.split("\n\n")[1]  # the description under usage: this command's
+    with pytest.raises(SystemExit) as exit_info:
+        finder(finder_args(runs_dir, "--trainer.max_epoch", "3"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2].startswith(f"error: trainer.max_epoch is not an option of `{command}`"), err
+    assert err[-1] == f"All options: python -m project {command} --help"
