@@ -26,7 +26,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from _common import median, paired, quiet, report
+from _common import median, paired, quiet, report, spread
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -145,7 +145,7 @@ def main() -> None:
             "arm": arm,
             "median time (s)": median(seconds[arm]),
             "epochs to 99%": "/".join(str(e) for _, e in runs),
-            "min-max (s)": f"{min(seconds[arm]):.2f}-{max(seconds[arm]):.2f}",
+            "min-max (s)": spread(seconds[arm], 2),
             "vs raw": paired(seconds[arm], seconds["raw loop"]),
             "vs floor": paired(seconds[arm], seconds["Lightning floor"]),
         }

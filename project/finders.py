@@ -66,7 +66,7 @@ class FinderCLI(ProjectCLI):
         super().add_arguments_to_parser(parser)
         # Parsed as `fit` (run_finder), but --help and error messages name the command the user typed.
         shown = f"python -m project {self.command}"
-        parser.usage = f"{shown} [--config FILE]... [--KEY VALUE]... [--print_config]"
+        parser.usage = str(parser.usage).replace("%(prog)s", shown)  # add_core_arguments' usage line
         parser.description = self.description
         if isinstance(parser, ProjectArgumentParser):
             parser.command = shown

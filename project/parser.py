@@ -278,7 +278,7 @@ def explain(
     if match := UNKNOWN_OPTION.search(message):
         option = match.group(1) or match.group(2)
         known = [action.dest for action in getattr(parser, "_actions", []) if "." in action.dest]
-        command = (getattr(parser, "command", None) or parser.prog).rsplit(" ", 1)[-1]
+        command = command_line(parser).rsplit(" ", 1)[-1]
         return f"{option} is not an option of `{command}`{_suggest(option, known)}"
     if match := PLAIN_TYPE.search(message):
         expected, value = match.groups()
@@ -332,6 +332,12 @@ class HelpFormatter(DefaultHelpFormatter):
         return text
 
 
+def command_line(parser: Any) -> str:
+    """The command whose --help shows `parser`: its prog without jsonargparse's " [options]" (`python -m
+    project fit`), or what a parser parsed as another command says it is (finders.py: `... lr_find`)."""
+    return getattr(parser, "command", None) or str(parser.prog).replace(" [options]", "")
+
+
 class ProjectArgumentParser(LightningArgumentParser):
     def __init__(self, *args: Any, formatter_class: Any = HelpFormatter, **kwargs: Any) -> None:
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
@@ -354,8 +360,7 @@ class ProjectArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         sys.stderr.write(f"error: {explain(message, parser, self.reading, ex)}\n")
-        command = getattr(parser, "command", None) or parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"All options: {command} --help\n")
+        sys.stderr.write(f"All options: {command_line(parser)} --help\n")
         raise SystemExit(2)
 
 
