@@ -167,10 +167,16 @@ def test_display_images_undo_normalization_and_enlarge_small_images() -> None:
 def test_confusion_plot_is_labelled_with_class_names() -> None:
     names = ["cat", "dog", "bird"]
     fig = plot_confusion(torch.tensor([[5, 1, 0], [0, 3, 2], [1, 0, 4]]), names, "title")
-    (ax,) = fig.axes[:1]
-    assert [t.get_text() for t in ax.get_xticklabels()] == names
-    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    (ax,) = fig.axes  # numbered cells: no colour bar
+    assert tagged(fig, "predicted") == names and tagged(fig, "true") == names
+    assert tagged(fig, "label") == ["predicted", "true"] and tagged(fig, "title") == ["title"]
     assert sorted(t.get_text() for t in ax.texts) == ["1", "1", "2", "3", "4", "5"]  # zero cells blank
+
+
+def tagged(fig: Any, role: str) -> list[str]:
+    """The texts of a confusion plot with one role (its gid): class names along "predicted" (below the
+    matrix, left to right) or "true" (beside it, top to bottom), axis "label"s, the "title"."""
+    return [t.get_text() for t in fig.texts if t.get_gid() == role]
 
 
 def rendered_texts(fig: Any) -> list[Any]:
@@ -186,15 +192,15 @@ def rendered_texts(fig: Any) -> list[Any]:
 
 def assert_laid_out(fig: Any) -> None:
     """Every piece of text on the canvas, and none overlaps another outside the matrix: the title, the
-    axis labels, the tick labels of both axes and of the colour bar (the plot is laid out by hand)."""
+    axis labels, the class names and the colour bar's numbers (the plot is laid out by hand)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     renderer = canvas.get_renderer()
-    ax, colorbar = fig.axes
-    outer = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()]
-    outer += [t for t in colorbar.get_yticklabels() if t.get_text()]
+    ax, *colorbar = fig.axes
+    outer = [*fig.texts] + [t for bar in colorbar for t in bar.get_yticklabels() if t.get_text()]
+    assert {t.get_gid() for t in fig.texts} == {"predicted", "true", "label", "title"}
     boxes = [t.get_window_extent(renderer) for t in outer]
     for text, box in zip(outer, boxes, strict=True):
         assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, text
@@ -221,9 +227,11 @@ def test_confusion_rates_of_ten_classes_fit_their_cells_and_never_overlap() -> N
         assert low[0] <= box.x0 and box.x1 <= high[0] and low[1] <= box.y0 and box.y1 <= high[1], text
     boxes = [box for _, box in texts]
     assert not any(a.overlaps(b) for n, a in enumerate(boxes) for b in boxes[n + 1 :])
-    assert all(label.get_rotation() == 0 for label in ax.get_xticklabels())
-    tick_size = max(float(label.get_fontsize()) for label in ax.get_xticklabels())
-    assert float(ax.xaxis.label.get_fontsize()) <= tick_size
+    assert len(fig.axes) == 1  # every cell that is not blank says its number: no colour bar
+    names = [t for t in fig.texts if t.get_gid() in ("predicted", "true")]
+    assert all(name.get_rotation() == 0 for name in names)
+    labels = [t for t in fig.texts if t.get_gid() == "label"]
+    assert max(float(t.get_fontsize()) for t in labels) <= min(float(t.get_fontsize()) for t in names)
     assert_laid_out(fig)
     assert_laid_out(
         plot_confusion(counts.long() * 40, CIFAR10DataModule.class_names, "counts")
@@ -236,8 +244,8 @@ def test_a_confusion_matrix_of_a_hundred_classes_is_drawn_without_cell_numbers()
     fig = plot_confusion(counts, names, "counts")
     texts = rendered_texts(fig)
     assert texts == []  # 10 000 numbers would be unreadable: the colours tell it
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert tagged(fig, "true") == names and tagged(fig, "predicted") == names
+    assert len(fig.axes) == 2  # the colour bar tells the numbers
     assert fig.get_size_inches()[0] < 16  # a picture one can open, not a poster
     assert_laid_out(fig)
     assert_laid_out(plot_confusion(counts, [f"aquarium_fish_{i}" for i in range(100)], "counts"))
