@@ -73,6 +73,32 @@ def test_predict_set_has_no_labels() -> None:
     assert batch.label is None and batch.index is not None
 
 
+@pytest.mark.parametrize("device_loader", [False, True])
+def test_eval_batch_size_sets_evaluation_batches_only(device_loader: bool) -> None:
+    """Validation, test and prediction come in batches of eval_batch_size (the last one shorter), the
+    same samples in the same order as with batch_size; training keeps batch_size."""
+    big = DigitsDataModule(batch_size=64, eval_batch_size=300, device_loader=device_loader)
+    plain = DigitsDataModule(batch_size=64, device_loader=device_loader)
+    for dm in (big, plain):
+        dm.setup("fit")
+        dm.setup("test")
+        dm.setup("predict")
+    assert [len(b) for b in big.train_dataloader()][:2] == [64, 64]
+    for loader in ("val_dataloader", "test_dataloader", "predict_dataloader"):
+        batches, reference = list(getattr(big, loader)()), list(getattr(plain, loader)())
+        assert [len(b) for b in batches] == [300] * (len(batches) - 1) + [len(batches[-1])]
+        assert len(batches) < len(reference) and 0 < len(batches[-1]) <= 300
+        assert torch.equal(torch.cat(indices_of(batches)), torch.cat(indices_of(reference))), loader
+        images = [torch.cat([b.image for b in loaded]) for loaded in (batches, reference)]
+        torch.testing.assert_close(*images)
+
+
+def indices_of(batches: list[Example]) -> list[torch.Tensor]:
+    found = [b.index for b in batches]
+    assert all(index is not None for index in found)
+    return found  # type: ignore[return-value]
+
+
 def test_dev_subset_keeps_n_of_every_split() -> None:
     dm = DigitsDataModule(dev_subset=7)
     dm.setup("fit")
@@ -89,6 +115,7 @@ def test_dev_subset_keeps_n_of_every_split() -> None:
     ("kwargs", "message"),
     [
         ({"batch_size": 0}, "batch_size"),
+        ({"eval_batch_size": 0}, "eval_batch_size"),
         ({"dev_subset": 0}, "dev_subset"),
         ({"num_workers": -1}, "num_workers"),
     ],

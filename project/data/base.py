@@ -150,6 +150,7 @@ class ClassificationDataModule(pl.LightningDataModule):
     def __init__(
         self,
         batch_size: int = 128,
+        eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
         seed: int = 42,
         split_file: str | None = None,
@@ -166,6 +167,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         """
         Args:
             batch_size: samples per batch on each device (under DDP the global batch is this x devices).
+            eval_batch_size: samples per validation, test and prediction batch on each device; None: the
+                same as batch_size. Evaluation keeps no activations for a backward pass, so larger batches
+                fit, and each evaluation takes fewer steps (each step costs Lightning and the callbacks
+                time of their own). Results do not depend on it (eval mode: no batch statistics).
             val_fraction: share of the training pool held out for validation (ignored with `folds`).
             seed: seed of the train/val split (independent of `seed_everything`).
             split_file: a `split.json` from an earlier run to reuse its exact train/val partition.
@@ -191,12 +196,15 @@ class ClassificationDataModule(pl.LightningDataModule):
         self._check_declared()
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise UserError(f"eval_batch_size must be at least 1 (null: batch_size), got {eval_batch_size}")
         if dev_subset is not None and dev_subset < 1:
             raise UserError(f"dev_subset must be a positive number of samples, got {dev_subset}")
         if num_workers < 0:
             raise UserError(f"num_workers must be >= 0, got {num_workers}")
         check_fold(folds, fold)
         self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
         self.val_fraction = val_fraction
         self.seed = seed
         self.folds, self.fold = folds, fold
@@ -418,7 +426,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self._batch_size(split),
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -430,6 +438,12 @@ class ClassificationDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
+    def _batch_size(self, split: str) -> int:
+        # Read at each loader's creation: Lightning's batch-size finder changes `batch_size` between trials.
+        if split == "train" or self.eval_batch_size is None:
+            return self.batch_size
+        return self.eval_batch_size
+
     def _device_batches(self, split: str) -> DeviceBatches:
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
@@ -439,7 +453,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         train = split == "train"
         return DeviceBatches(
             *copy,
-            self.batch_size,
+            self._batch_size(split),
             self.mean,
             self.std,
             shuffle=train,
