@@ -240,7 +240,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
         (["--trainer.max_epoch", "3"], "max_epoch is not an option of `fit`; did you mean trainer.max_"),
         (["--model.init_args.dropoutt", "3"],
          "dropoutt is not an argument of project.model.ConvNet; did you mean dropout?"),
-        (["--data.init_args.batch_sise", "3"], "did you mean batch_size?"),
+        (["--data.init_args.batch_sise", "3"], "did you mean batch_size or eval_batch_size?"),
         (["--data.init_args.batch_size", "abc"], "data.init_args.batch_size: expected int, got 'abc'"),
         (["--model.init_args.dropout", "fast"], "model.init_args.dropout: expected float, got 'fast'"),
         (["--data.init_args.batch_size", "-2"], "batch_size must be at least 1, got -2"),

@@ -5,8 +5,10 @@ with the unbroken run's weights bit for bit, having redone at most N steps."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from project.data import DigitsDataModule
 from project.data.device_augment import Augmentation
 from project.data.resumable import TrainPosition
 from project.structs import Example
-from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, REPO, kill_when, own_wandb_service
+from tests.conftest import CONFIGS, DIGITS_NO_VISUALS, REPO, own_wandb_service
 
 DIGITS = str(DIGITS_NO_VISUALS)  # configs/digits.yaml without the pictures: none is looked at here
 LIMIT = str(CONFIGS / "debug" / "limit.yaml")
@@ -133,6 +135,26 @@ def global_step(checkpoint: Path) -> int:
         return -1
 
 
+def kill_at_a_mid_epoch_checkpoint(process: subprocess.Popen[bytes], last: Path, after_step: int) -> int:
+    """SIGKILL `process` once its last.ckpt holds a step >= after_step that is not an epoch's end (10 steps
+    an epoch); return that step. The run is frozen (SIGSTOP) while the file is read, so the step read is
+    the one it dies with: a run that wrote its epoch-end checkpoint meanwhile goes on to the next one."""
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if last.is_file() and global_step(last) >= after_step:
+                process.send_signal(signal.SIGSTOP)
+                step = global_step(last)
+                if step % 10 != 0:
+                    process.send_signal(signal.SIGKILL)
+                    return step
+                process.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+    finally:
+        process.wait(timeout=60)
+    raise AssertionError("the run ended before a mid-epoch checkpoint could be killed")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("device_loader", [False, True], ids=["dataloader", "device_loader"])
 def test_a_run_killed_in_the_middle_of_an_epoch_resumes_there_and_ends_bit_equal(
@@ -160,9 +182,8 @@ def test_a_run_killed_in_the_middle_of_an_epoch_resumes_there_and_ends_bit_equal
     last = chaos / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(fit_command(chaos, defaults, device_loader), cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    kill_when(process, lambda: last.is_file() and global_step(last) >= 13 and global_step(last) % 10 != 0)
-    killed_at = global_step(last)
-    assert killed_at % 10 != 0  # a mid-epoch checkpoint
+    killed_at = kill_at_a_mid_epoch_checkpoint(process, last, after_step=13)
+    assert killed_at % 10 != 0 and killed_at == global_step(last)  # a mid-epoch checkpoint
     resumed = run(chaos)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr  # Lightning's warning for a loader that restarts its epoch
