@@ -6,6 +6,7 @@ from importlib import import_module
 
 from project.quick_exit import run_then_exit
 from project.sweep.child import die_with_parent
+from project.wandb_setup import import_wandb_early
 
 # Not LightningCLI's own commands: "module[:function]" (default main), called with the arguments after
 # the command's name.
@@ -32,4 +33,5 @@ def dispatch() -> None:
 if __name__ == "__main__":
     # In a sweep's trial (sweep/child.py): before the slow imports, so no orphan outlives a kill.
     die_with_parent()
+    import_wandb_early(sys.argv[1:])  # before torch: see there
     run_then_exit(dispatch)  # without the interpreter's ~2 s teardown of torch and Lightning

@@ -19,6 +19,7 @@ import yaml
 from project.cli import DEFAULT_ARGS, main
 from project.data import DigitsDataModule
 from project.model import ConvNet
+from project.wandb_setup import WANDB_INIT_IMPORTS, import_wandb_early
 from tests.conftest import (
     CONFIGS,
     DIGITS_NO_VISUALS,
@@ -249,6 +250,54 @@ def test_help_imports_nothing_heavy_beyond_lightning() -> None:
     )
     assert done.returncode == 0 and "usage:" in done.stdout
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "imports"),
+    [
+        ([], {}, True),  # the default demo: a fit
+        (["fit", "--config", "configs/digits.yaml"], {}, True),
+        (["test", "--ckpt_path", "best"], {"RANK": "0"}, True),
+        (["fit", "--help"], {}, False),
+        (["fit", "--print_config"], {}, False),
+        (["runs"], {}, False),
+        (["export", "runs/x"], {}, False),
+        (["fit"], {"WANDB_MODE": "disabled"}, False),
+        (["fit"], {"LOCAL_RANK": "1"}, False),  # a DDP rank that logs nothing
+        (["fit"], {"SLURM_PROCID": "3"}, False),
+    ],
+)
+def test_wandb_is_imported_early_only_for_a_command_that_starts_a_run(
+    argv: list[str], env: dict[str, str], imports: bool
+) -> None:
+    assert import_wandb_early(argv, env) is imports
+    if imports:
+        assert WANDB_INIT_IMPORTS in sys.modules
+
+
+@pytest.mark.slow  # two fresh interpreters
+def test_a_fit_imports_wandbs_launch_package_before_torch_and_help_none_of_it(tmp_path: Path) -> None:
+    """`python -X importtime` prints each module as its import ends: in a fit W&B's launch package,
+    which wandb.init imports, comes before torch (then it takes ~0.1 s, not ~0.5-1 s:
+    wandb_setup.import_wandb_early); `fit --help` starts no W&B run and imports none of it."""
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+    def imports(*args: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "project", *args], cwd=REPO,
+                              env=os.environ | env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        lines = done.stderr.splitlines()
+        return done, [line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")]
+
+    fit, ended = imports("fit", "--config", PLAIN, "--trainer.fast_dev_run", "true",
+                         "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    # (The module importlib.import_module was asked for has no line of its own; its imports do.)
+    launch_package = WANDB_INIT_IMPORTS.rsplit(".", 2)[0]  # wandb.sdk.launch
+    launch = [n for n, name in enumerate(ended) if name.startswith(launch_package)]
+    assert launch and max(launch) < ended.index("torch")
+    help_, ended = imports("fit", "--help")
+    assert help_.returncode == 0 and "usage:" in help_.stdout
+    assert "torch" in ended and not [name for name in ended if name.startswith(launch_package)]
 
 
 @pytest.mark.slow
