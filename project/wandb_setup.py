@@ -162,12 +162,15 @@ RUN_COMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI's: each st
 def import_wandb_early(argv: list[str], environ: Mapping[str, str] = os.environ) -> bool:
     """Import what wandb.init will, before torch, for a command that starts a W&B run: `python -m
     project` (the default demo) or one of RUN_COMMANDS, on the process that logs (global rank 0), not
-    asking for help, W&B not disabled. Returns whether it did. A config without a WandbLogger pays
-    ~0.5 s for nothing; every config here logs to W&B."""
+    asking for help, W&B not disabled. Returns whether it did: not without wandb installed, or if its
+    module moved. A config without a WandbLogger pays ~0.5 s for nothing; every config here logs to W&B."""
     command = argv[0] if argv else "fit"
     asks_only = any(arg in ("-h", "--help") or arg.startswith("--print_config") for arg in argv)
     ranked = any(environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
     if command not in RUN_COMMANDS or asks_only or ranked or environ.get("WANDB_MODE") == "disabled":
         return False
-    importlib.import_module(WANDB_INIT_IMPORTS)
+    try:
+        importlib.import_module(WANDB_INIT_IMPORTS)
+    except ImportError:  # only a speed-up: the command itself says what is missing, if it needs it
+        return False
     return True

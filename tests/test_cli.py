@@ -275,6 +275,11 @@ def test_wandb_is_imported_early_only_for_a_command_that_starts_a_run(
         assert WANDB_INIT_IMPORTS in sys.modules
 
 
+def test_without_wandb_installed_the_early_import_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("project.wandb_setup.WANDB_INIT_IMPORTS", "wandb_is_not_installed.sdk")
+    assert import_wandb_early(["fit"], {}) is False
+
+
 @pytest.mark.slow  # two fresh interpreters
 def test_a_fit_imports_wandbs_launch_package_before_torch_and_help_none_of_it(tmp_path: Path) -> None:
     """`python -X importtime` prints each module as its import ends: in a fit W&B's launch package,
