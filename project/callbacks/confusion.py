@@ -22,6 +22,7 @@ from project.callbacks.visual_log import VisualLog, new_figure
 from project.structs import Example, Prediction
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -106,7 +107,10 @@ def plot_confusion(values: Tensor, names: list[str], title: str) -> Figure:
     def place(x: float, y: float, words: str, role: str, **style: object) -> None:  # x, y in inches
         fig.text(x / width, y / height, words, gid=role, **style)  # type: ignore[arg-type]
 
-    ax = fig.add_axes((left / width, bottom / height, side / width, side / height))
+    def axes_at(x: float, y: float, w: float, h: float) -> Axes:  # in inches
+        return fig.add_axes((x / width, y / height, w / width, h / height))
+
+    ax = axes_at(left, bottom, side, side)
     data = values.float().numpy()
     image = ax.imshow(data, cmap="Blues", vmin=0, interpolation="nearest")
     ax.set_xticks([])
@@ -124,8 +128,7 @@ def plot_confusion(values: Tensor, names: list[str], title: str) -> Figure:
     place(0.08, bottom + side / 2, "true", "label", ha="left", va="center", rotation=90, fontsize=8)
     place(left + side / 2, bottom + side + top - 0.1, title, "title", ha="center", va="top", fontsize=9)
     if not numbered:
-        box = (left + side + 0.15, bottom + 0.1 * side, 0.15, 0.8 * side)  # inches
-        colorbar_axes = fig.add_axes((box[0] / width, box[1] / height, box[2] / width, box[3] / height))
+        colorbar_axes = axes_at(left + side + 0.15, bottom + 0.1 * side, 0.15, 0.8 * side)
         fig.colorbar(image, cax=colorbar_axes).ax.tick_params(labelsize=8)
         return fig
     integers = not values.is_floating_point()
