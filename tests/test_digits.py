@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 
 from project.cli import main
 from project.data import ClassificationDataModule, DigitsDataModule
+from project.data import digits as digits_module
 from project.data.dataset import ImageDataset
 from project.data.device_loader import DeviceBatches
 from project.errors import UserError
 from project.model import ConvNet
 from project.structs import Example
-from tests.conftest import CONFIGS, cli_args, only_run_dir
+from tests.conftest import CONFIGS, REPO, cli_args, only_run_dir
 
 
 def test_sizes_and_class_names() -> None:
@@ -30,6 +34,26 @@ def test_sizes_and_class_names() -> None:
     assert sizes["test"] == sizes["predict"] == 359  # 20 % of 1797, fixed
     assert sizes["train"] + sizes["val"] == 1797 - 359
     assert sizes["val"] == round(0.2 * (1797 - 359))
+
+
+def test_digits_are_scikit_learns_read_without_importing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_digits' images and labels, from its file, with scikit-learn left unimported (~0.3 s); where the
+    file is not at its usual place, through load_digits itself."""
+    script = (
+        "import sys; from project.data.digits import digits_table; "
+        "table = digits_table(); print(table.shape, 'sklearn' in sys.modules)"
+    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["(1797,", "65)", "False"], done.stderr
+    from sklearn.datasets import load_digits
+
+    expected = load_digits()
+    images, labels = DigitsDataModule().load_all()
+    assert torch.equal(images, torch.as_tensor(expected.images, dtype=torch.float32).div(16).unsqueeze(1))
+    assert torch.equal(labels, torch.as_tensor(expected.target))
+    monkeypatch.setattr(digits_module.importlib.util, "find_spec", lambda name: None)
+    assert (digits_module.digits_table() == np.column_stack([expected.data, expected.target])).all()
 
 
 def test_loaders_yield_normalized_examples() -> None:

@@ -65,3 +65,28 @@ def test_exit_status_is_what_sys_exit_gives(capsys: pytest.CaptureFixture[str]) 
     assert [exit_status(None), exit_status(0), exit_status(2)] == [0, 0, 2]
     assert exit_status("one line") == 1
     assert capsys.readouterr().err == "one line\n"
+
+
+def test_files_open_for_writing_is_told_from_the_descriptors(tmp_path: Path) -> None:
+    """The ~0.2 s search for unclosed file objects runs only while a file on disk is open for writing:
+    not for read-only files, pipes or the standard streams (here pipes), and again not once it is closed."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from project.quick_exit import files_open_for_writing
+
+        seen = [files_open_for_writing()]
+        reading = open(sys.argv[1] + "/read.txt")
+        seen.append(files_open_for_writing())
+        writing = open(sys.argv[1] + "/written.txt", "a")
+        seen.append(files_open_for_writing())
+        writing.close()
+        seen.append(files_open_for_writing())
+        print(seen)
+        """
+    )
+    (tmp_path / "read.txt").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "[False, False, True, False]", done.stderr
