@@ -16,6 +16,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from project.callbacks import RunMetadata
+from project.callbacks.run_metadata import installed_versions
 from project.data import DigitsDataModule
 from project.model import ConvNet
 from tests.conftest import REPO, read_wandb_summary
@@ -118,3 +119,20 @@ def test_an_unreadable_metadata_file_is_set_aside_not_overwritten(tmp_path: Path
     fit(tmp_path, RunMetadata(source=str(elsewhere)))
     assert (tmp_path / "metadata.unreadable.json").read_text() == "{not json"
     assert len(segments(tmp_path)) == 1
+
+
+def test_a_package_installed_twice_is_recorded_as_the_one_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every distribution's metadata is read once; where one name is installed in two places, the
+    version recorded is the first on sys.path's (what `import` loads, what metadata.version says)."""
+    for folder, number in (("first", "2.0"), ("second", "1.0")):
+        info = tmp_path / folder / f"twice_installed-{number}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: twice_installed\nVersion: {number}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "second"))
+    monkeypatch.syspath_prepend(str(tmp_path / "first"))
+    installed = installed_versions()
+    assert version("twice_installed") == "2.0"
+    assert installed["twice-installed"] == ("twice_installed", "2.0")
+    assert list(installed) == sorted(installed)  # by name, as pip freeze lists them

@@ -164,12 +164,13 @@ def _cpu_name() -> str:
 
 def installed_versions() -> dict[str, tuple[str, str]]:
     """`pip freeze`'s list as {normalized name: (name, version)}, sorted by name: every installed
-    distribution's metadata read once (~0.05 s; each `metadata.version()` would search them all again)."""
-    found = {}
+    distribution's metadata read once (~0.05 s; each `metadata.version()` would search them all again).
+    A name installed twice is the one found first on sys.path, as `import` and `metadata.version` do."""
+    found: dict[str, tuple[str, str]] = {}
     for dist in metadata.distributions():
         headers = dist.metadata
         if headers["Name"]:
-            found[_normalized(headers["Name"])] = (headers["Name"], headers["Version"])
+            found.setdefault(_normalized(headers["Name"]), (headers["Name"], headers["Version"]))
     return dict(sorted(found.items()))
 
 
