@@ -44,11 +44,15 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 # ---- resume --------------------------------------------------------------------------------------
 
 
-def test_rng_state_round_trips_every_generator() -> None:
+@pytest.mark.parametrize("python_state_as", ["tensor", "list"], ids=["now", "older checkpoints"])
+def test_rng_state_round_trips_every_generator(tmp_path: Path, python_state_as: str) -> None:
     callback = RNGState()
     state = callback.state_dict()
+    if python_state_as == "list":  # as checkpoints written before the state became one tensor hold it
+        state["python"]["state"] = state["python"]["state"].tolist()
+    torch.save(state, tmp_path / "rng.pt")  # through a file, read back by the safe loader as a checkpoint is
     expected = (torch.rand(3), np.random.rand(3), random.random())
-    callback.load_state_dict(state)
+    callback.load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True))
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert (
         torch.equal(expected[0], again[0])
