@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from packaging.utils import canonicalize_name
 from pytorch_lightning.loggers import WandbLogger
 
 from project.files import atomic_write
@@ -133,7 +133,7 @@ def versions(installed: dict[str, tuple[str, str]]) -> dict[str, str | None]:
         "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
     }
     for name in VERSIONS:
-        _, found[name] = installed.get(_normalized(name), (name, None))
+        _, found[name] = installed.get(canonicalize_name(name), (name, None))
     return found
 
 
@@ -163,20 +163,15 @@ def _cpu_name() -> str:
 
 
 def installed_versions() -> dict[str, tuple[str, str]]:
-    """`pip freeze`'s list as {normalized name: (name, version)}, sorted by name: every installed
+    """`pip freeze`'s list as {PEP 503 name: (name, version)}, sorted by name: every installed
     distribution's metadata read once (~0.05 s; each `metadata.version()` would search them all again).
     A name installed twice is the one found first on sys.path, as `import` and `metadata.version` do."""
     found: dict[str, tuple[str, str]] = {}
     for dist in metadata.distributions():
         headers = dist.metadata
         if headers["Name"]:
-            found.setdefault(_normalized(headers["Name"]), (headers["Name"], headers["Version"]))
+            found.setdefault(canonicalize_name(headers["Name"]), (headers["Name"], headers["Version"]))
     return dict(sorted(found.items()))
-
-
-def _normalized(name: str) -> str:
-    """A distribution's name as indexes compare it (PEP 503): pytorch_lightning -> pytorch-lightning."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
