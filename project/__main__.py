@@ -5,6 +5,7 @@ import sys
 from importlib import import_module
 
 from project.quick_exit import run_then_exit
+from project.startup_gc import hold_full_collections, release_full_collections
 from project.sweep.child import die_with_parent
 from project.wandb_setup import import_wandb_early
 
@@ -23,14 +24,18 @@ OTHER_COMMANDS = {
 def dispatch() -> None:
     if sys.argv[1:] and sys.argv[1] in OTHER_COMMANDS:
         module, _, function = OTHER_COMMANDS[sys.argv[1]].partition(":")
-        getattr(import_module(module), function or "main")(sys.argv[2:])
+        command = getattr(import_module(module), function or "main")
+        release_full_collections()
+        command(sys.argv[2:])
     else:
         from project.cli import main
 
+        release_full_collections()
         main()
 
 
 if __name__ == "__main__":
+    hold_full_collections()  # until the imports are done (dispatch): see startup_gc.py
     # In a sweep's trial (sweep/child.py): before the slow imports, so no orphan outlives a kill.
     die_with_parent()
     import_wandb_early(sys.argv[1:])  # before torch: see there

@@ -15,13 +15,14 @@ from project.quick_exit import exit_status
 from tests.conftest import REPO
 
 SCRIPT = """
-import atexit, sys, threading, time
+import atexit, gc, sys, threading, time
 from pathlib import Path
 from project.quick_exit import run_then_exit
 
 out = Path(sys.argv[1])
 kept_open = open(out / "unclosed.txt", "w")  # never closed: its text sits in the buffer
 kept_open.write("buffered line\\n")
+gc.freeze()  # as `python -m project` does once its imports are done: the file is among the frozen
 
 
 def late_writer():

@@ -22,6 +22,8 @@ import traceback
 from typing import Any
 
 from project.quick_exit import run_then_exit
+from project.startup_gc import hold_full_collections, release_full_collections
+from project.wandb_setup import import_wandb_early
 
 TRIAL_ENV = "PROJECT_TRIAL"  # {"storage", "study", "trial_id", "objective"}; DDP ranks inherit it
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -61,7 +63,10 @@ def serve() -> None:
         run_command()
         return
     _lifeline()
+    import_wandb_early(["fit"])  # a trial is a fit: W&B's imports before torch's, as __main__ does
     import project.cli  # noqa: F401  # the seconds this process is started early for
+
+    release_full_collections()
 
     while line := sys.stdin.readline():  # empty at EOF: the study needs no more trials from this worker
         job = json.loads(line)
@@ -114,4 +119,5 @@ def run_command() -> None:
 
 
 if __name__ == "__main__":
+    hold_full_collections()  # until the imports are done (serve, or dispatch): see startup_gc.py
     run_then_exit(serve)  # without the interpreter's ~2 s teardown of torch and Lightning
