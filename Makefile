@@ -20,7 +20,7 @@ init: $(PY)  ## create venv/ and install the pinned dependencies + this package 
 run:  ## train the default demo (CIFAR-10 ResNet); extra CLI flags via ARGS="..."
 	$(PY) -m project $(ARGS)
 
-demo:  ## train a small ConvNet on scikit-learn's digits: offline, ~15 s on 2 cores
+demo:  ## train a small ConvNet on scikit-learn's digits: offline, ~12-15 s on 2 cores
 	$(PY) -m project fit --config configs/digits.yaml $(ARGS)
 
 # Two pytest-xdist workers: most slow tests wait on one single-threaded CLI subprocess, so two at once
