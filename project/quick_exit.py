@@ -79,8 +79,8 @@ def files_open_for_writing() -> bool:
 def open_file_objects() -> Iterator[Any]:
     """Every file object alive. (Found without a Python-level loop over the ~500 000 objects of a
     finished run, and without io.IOBase's ABC check: each would cost ~0.5 s. Every file class, C or
-    Python, derives from _io._IOBase.) What `python -m project` froze after its imports (__main__.py)
-    is back in view first: get_objects lists no frozen object."""
+    Python, derives from _io._IOBase.) What `python -m project` froze after its imports
+    (startup_gc.py) is back in view first: get_objects lists no frozen object."""
     gc.unfreeze()
     objects = gc.get_objects()
     file_types = {kind for kind in set(map(type, objects)) if _io._IOBase in kind.__mro__}

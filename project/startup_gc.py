@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 
-HELD = 1_000_000_000  # young passes between two full ones while held: none in a start-up
+HELD = 1_000_000_000  # middle-generation passes before a full one, while held: never reached
 _threshold: int | None = None  # the interpreter's own, while held
 
 

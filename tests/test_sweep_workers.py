@@ -17,7 +17,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
+from project.sweep.runner import Sweep, reap_interrupted
+from project.sweep.space import load_search
+from project.sweep.storage import open_storage
 from tests.conftest import CONFIGS, SYSTEM_TEMP, own_wandb_service, unused_port
 from tests.test_sweep import GOOD, plain, trials_csv, tune, write_search
 
@@ -109,6 +113,30 @@ def test_two_workers_share_a_study_on_sqlite(tmp_path: Path) -> None:
         (t.datetime_start, t.datetime_complete) for t in trials if t.datetime_start and t.datetime_complete
     )
     assert len(starts) == 2 and starts[1][0] < starts[0][1]  # the second began before the first ended
+
+
+def test_looking_for_interrupted_trials_leaves_other_processes_trials_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between its two reads of the study (before and after Optuna fails the stale trials), another tune
+    process on the same study starts a trial and completes one it was running: neither is taken for
+    an interrupted trial, nothing is queued again. (The interleaving is forced at that point; two
+    tune processes on PostgreSQL met it by chance, and the second one died of a KeyError.)"""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, heartbeat=True)
+    study = optuna.create_study(storage=storage, study_name="search", direction="maximize")
+    finishing = study.ask()  # the other process's trial, running at the first read
+    fail_stale_trials = optuna.storages.fail_stale_trials
+
+    def meanwhile(study_: optuna.Study) -> None:
+        fail_stale_trials(study_)
+        study.ask()  # the other process starts a trial ...
+        study.tell(finishing, 0.9)  # ... and its first one completes
+
+    monkeypatch.setattr(optuna.storages, "fail_stale_trials", meanwhile)
+    sweep = Sweep(study, storage, url, load_search(write_search(tmp_path)), [], tmp_path, n_trials=4)
+    assert reap_interrupted(sweep) == []
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.RUNNING]
 
 
 @pytest.fixture

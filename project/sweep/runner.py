@@ -88,17 +88,22 @@ def trials_left(sweep: Sweep) -> int:
 def reap_interrupted(sweep: Sweep) -> list[int]:
     """Mark the running trials whose tune process is gone as failed (interrupted), queue their
     parameters again, and return their numbers."""
-    running = {t.number: t for t in sweep.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    running = sorted(t.number for t in sweep.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     optuna.storages.fail_stale_trials(sweep.study)  # other machines' dead workers (stale heartbeat)
-    still = {t.number for t in sweep.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    reaped = [number for number in running if number not in still]
-    for number in sorted(still):
-        worker = running[number].user_attrs.get(WORKER)
-        if worker is not None and worker.get("host") == HOST and not _alive(worker):
+    # Read again, and only about the trials running at the first read: meanwhile other tune processes
+    # may have started trials of their own, or ended theirs (completed, pruned or failed with an error).
+    now = {t.number: t for t in sweep.study.get_trials(deepcopy=False)}
+    reaped = [
+        number for number in running if now[number].state == TrialState.FAIL and not counted(now[number])
+    ]
+    for number in running:
+        worker = now[number].user_attrs.get(WORKER)
+        gone = worker is not None and worker.get("host") == HOST and not _alive(worker)
+        if now[number].state == TrialState.RUNNING and gone:  # its tune process, on this machine, died
             sweep.study.tell(number, state=TrialState.FAIL)
             reaped.append(number)
     for number in reaped:
-        sweep.study.enqueue_trial(running[number].params, user_attrs={RETRY_OF: number})
+        sweep.study.enqueue_trial(now[number].params, user_attrs={RETRY_OF: number})
     return reaped
 
 
